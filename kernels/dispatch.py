@@ -1,0 +1,60 @@
+"""The single dispatch point through which models/ calls the mHC primitive ops.
+
+``auto`` picks the Triton kernels on CUDA tensors and the PyTorch reference elsewhere (Triton needs a GPU
+outside its interpreter). ``torch`` and ``triton`` force one backend; ``triton`` on a CPU tensor only works
+under ``TRITON_INTERPRET=1``, which is how the parity tests run on CPU.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from kernels import reference
+
+__all__ = ["MHCOps", "get_ops", "resolve_backend"]
+
+
+@dataclass(frozen=True, slots=True)
+class MHCOps:
+    """One backend's implementation of the four mHC primitive ops (signatures as in `kernels.reference`)."""
+
+    name: str
+    coefficients: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    sinkhorn: Callable[..., torch.Tensor]
+    pre_mix: Callable[..., torch.Tensor]
+    post_res_mix: Callable[..., torch.Tensor]
+
+
+TORCH_OPS = MHCOps(
+    name="torch",
+    coefficients=reference.mhc_coefficients,
+    sinkhorn=reference.sinkhorn,
+    pre_mix=reference.pre_mix,
+    post_res_mix=reference.post_res_mix,
+)
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """Turn ``auto`` into the concrete backend for tensors on ``device``."""
+    if backend == "auto":
+        return "triton" if device.type == "cuda" else "torch"
+    if backend in ("torch", "triton"):
+        return backend
+    raise ValueError(f"kernel_backend ({backend!r}) must be one of auto, torch, triton")
+
+
+def get_ops(backend: str, device: torch.device) -> MHCOps:
+    """The ops for ``backend`` (auto | torch | triton) on ``device``."""
+    if resolve_backend(backend, device) == "torch":
+        return TORCH_OPS
+    try:
+        triton_ops = importlib.import_module("kernels.triton_ops")
+    except ImportError as error:
+        raise RuntimeError(
+            f"kernel_backend 'triton' is unavailable ({error}); install triton>=3.6 or set kernel_backend: torch"
+        ) from error
+    return triton_ops.TRITON_OPS

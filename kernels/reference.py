@@ -1,0 +1,112 @@
+"""PyTorch reference of the mHC primitive ops: the ground truth every other backend must match.
+
+Shape legend (suffixes on tensor names):
+    T  tokens (batch × sequence, flattened)       N  residual streams (expansion rate n)
+    C  model width                                K  flattened stream width n·C
+    M  coefficient columns, laid out [pre (n) | post (n) | res (R)]; R = n² (mHC) or n! (mHC-lite)
+    P  permutation matrices (n!)
+
+Equations (shared MHC_SPEC §1.2, paper Eqs. 7-9 and the fused form Eqs. 14-19):
+    mixes_TM = x_TK @ phi_KM                       one GEMM for all three mappings
+    r_T      = sqrt(mean_K(x_TK²) + eps)           unweighted RMSNorm over the flattened n·C vector: a norm
+                                                   weight γ would be redundant, x/r·diag(γ)·φ = x/r·φ'
+    logits   = alpha_group · mixes / r + bias      α = (α_pre, α_post, α_res) gates its column group
+    H_pre    = σ(logits_pre)   (+eps in the deepseek-v4 convention)
+    H_post   = 2σ(logits_post)
+    H_res    = Sinkhorn-Knopp(logits_res) (mHC) or Σ_p softmax(logits_res)_p · P_p (mHC-lite)
+    u_TC     = Σ_j H_pre[j] · x_TjC                                     pre-mix: the sublayer input
+    x'_TiC   = Σ_j H_res[i, j] · x_TjC + H_post[i] · f_TC               post + residual mix
+
+Sinkhorn conventions (MHC_SPEC §1.3). Both return the matrix that *left-multiplies* the streams, so that its
+rows, normalised last, sum to exactly 1 (forward gain 1):
+    paper:        M = exp(L − max L); repeat t times: normalise columns, then rows.
+    deepseek-v4:  the logits are stored as C = H_resᵀ; M = softmax over H's columns + eps, then rows (+eps),
+                  then (t − 1) × (columns, rows), every denominator floored by +eps.
+Autograd differentiates through the unrolled loop: the exact truncated gradient that the Triton backward
+recomputes from the saved logits.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from functools import cache
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "birkhoff_mix",
+    "mhc_coefficients",
+    "permutation_matrices",
+    "post_res_mix",
+    "pre_mix",
+    "sinkhorn",
+]
+
+
+def mhc_coefficients(
+    x_TK: Tensor, phi_KM: Tensor, alpha_3: Tensor, bias_M: Tensor, n: int, eps: float, pre_eps: float = 0.0
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Coefficients of one mHC / mHC-lite connection for every token, in fp32.
+
+    Returns ``(h_pre_TN, h_post_TN, res_logits_TR)``; the caller projects the residual logits (Sinkhorn or the
+    Birkhoff combination). ``pre_eps`` is added to H_pre (1e-6 in the deepseek-v4 convention, else 0).
+    """
+    x32_TK = x_TK.float()
+    mixes_TM = x32_TK @ phi_KM.float()
+    inv_rms_T1 = torch.rsqrt(x32_TK.square().mean(dim=-1, keepdim=True) + eps)
+    num_res = phi_KM.shape[1] - 2 * n
+    gate_M = torch.cat([alpha_3[0].expand(n), alpha_3[1].expand(n), alpha_3[2].expand(num_res)]).float()
+    logits_TM = mixes_TM * inv_rms_T1 * gate_M + bias_M.float()
+    h_pre_TN = torch.sigmoid(logits_TM[:, :n]) + pre_eps
+    h_post_TN = 2.0 * torch.sigmoid(logits_TM[:, n : 2 * n])
+    return h_pre_TN, h_post_TN, logits_TM[:, 2 * n :]
+
+
+def sinkhorn(logits_TNN: Tensor, num_iters: int, convention: str = "paper", eps: float = 1e-6) -> Tensor:
+    """Project logits onto (approximately) doubly stochastic matrices; rows are normalised last (exact)."""
+    if convention == "paper":
+        m_TNN = torch.exp(logits_TNN - logits_TNN.amax(dim=(-2, -1), keepdim=True))
+        for _ in range(num_iters):
+            m_TNN = m_TNN / m_TNN.sum(dim=-2, keepdim=True)
+            m_TNN = m_TNN / m_TNN.sum(dim=-1, keepdim=True)
+        return m_TNN
+    if convention == "deepseek-v4":
+        m_TNN = torch.softmax(logits_TNN.transpose(-2, -1), dim=-2) + eps
+        m_TNN = m_TNN / (m_TNN.sum(dim=-1, keepdim=True) + eps)
+        for _ in range(num_iters - 1):
+            m_TNN = m_TNN / (m_TNN.sum(dim=-2, keepdim=True) + eps)
+            m_TNN = m_TNN / (m_TNN.sum(dim=-1, keepdim=True) + eps)
+        return m_TNN
+    raise ValueError(f"convention ({convention!r}) must be 'paper' or 'deepseek-v4'")
+
+
+@cache
+def _permutations(n: int) -> tuple[tuple[int, ...], ...]:
+    return tuple(itertools.permutations(range(n)))
+
+
+def permutation_matrices(n: int, dtype: torch.dtype = torch.float32, device: torch.device | None = None) -> Tensor:
+    """All n! permutation matrices, shape (n!, n, n), identity first (itertools order)."""
+    perms = _permutations(n)
+    eye_NN = torch.eye(n, dtype=dtype, device=device)
+    return torch.stack([eye_NN[list(p)] for p in perms]) if perms else eye_NN[None]
+
+
+def birkhoff_mix(res_logits_TP: Tensor, perms_PNN: Tensor) -> Tensor:
+    """mHC-lite's H_res: softmax weights over the permutation matrices; exactly doubly stochastic."""
+    assert res_logits_TP.shape[-1] == perms_PNN.shape[0] == math.factorial(perms_PNN.shape[-1])
+    weights_TP = torch.softmax(res_logits_TP.float(), dim=-1)
+    return torch.einsum("tp,pij->tij", weights_TP, perms_PNN.float())
+
+
+def pre_mix(x_TNC: Tensor, h_pre_TN: Tensor) -> Tensor:
+    """Read the streams into one sublayer input: u = Σ_j H_pre[j] · x_j, accumulated in fp32."""
+    return torch.einsum("tn,tnc->tc", h_pre_TN.float(), x_TNC.float()).to(x_TNC.dtype)
+
+
+def post_res_mix(x_TNC: Tensor, f_TC: Tensor, h_post_TN: Tensor, h_res_TNN: Tensor) -> Tensor:
+    """Write back: x'_i = Σ_j H_res[i, j] · x_j + H_post[i] · f, accumulated in fp32."""
+    mixed_TNC = torch.einsum("tij,tjc->tic", h_res_TNN.float(), x_TNC.float())
+    return (mixed_TNC + h_post_TN.float()[:, :, None] * f_TC.float()[:, None, :]).to(x_TNC.dtype)
