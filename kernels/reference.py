@@ -53,12 +53,12 @@ def mhc_coefficients(
     Returns ``(h_pre_TN, h_post_TN, res_logits_TR)``; the caller projects the residual logits (Sinkhorn or the
     Birkhoff combination). ``pre_eps`` is added to H_pre (1e-6 in the deepseek-v4 convention, else 0).
     """
-    x32_TK = x_TK.float()
-    mixes_TM = x32_TK @ phi_KM.float()
+    x32_TK = _acc(x_TK)
+    mixes_TM = x32_TK @ phi_KM.to(x32_TK.dtype)
     inv_rms_T1 = torch.rsqrt(x32_TK.square().mean(dim=-1, keepdim=True) + eps)
     num_res = phi_KM.shape[1] - 2 * n
-    gate_M = torch.cat([alpha_3[0].expand(n), alpha_3[1].expand(n), alpha_3[2].expand(num_res)]).float()
-    logits_TM = mixes_TM * inv_rms_T1 * gate_M + bias_M.float()
+    gate_M = torch.cat([alpha_3[0].expand(n), alpha_3[1].expand(n), alpha_3[2].expand(num_res)])
+    logits_TM = mixes_TM * inv_rms_T1 * gate_M + bias_M
     h_pre_TN = torch.sigmoid(logits_TM[:, :n]) + pre_eps
     h_post_TN = 2.0 * torch.sigmoid(logits_TM[:, n : 2 * n])
     return h_pre_TN, h_post_TN, logits_TM[:, 2 * n :]
@@ -82,6 +82,11 @@ def sinkhorn(logits_TNN: Tensor, num_iters: int, convention: str = "paper", eps:
     raise ValueError(f"convention ({convention!r}) must be 'paper' or 'deepseek-v4'")
 
 
+def _acc(t: Tensor) -> Tensor:
+    """Accumulation precision: at least fp32 (bf16/fp16 are promoted; float64 stays float64 for checks)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 @cache
 def _permutations(n: int) -> tuple[tuple[int, ...], ...]:
     return tuple(itertools.permutations(range(n)))
@@ -89,24 +94,23 @@ def _permutations(n: int) -> tuple[tuple[int, ...], ...]:
 
 def permutation_matrices(n: int, dtype: torch.dtype = torch.float32, device: torch.device | None = None) -> Tensor:
     """All n! permutation matrices, shape (n!, n, n), identity first (itertools order)."""
-    perms = _permutations(n)
     eye_NN = torch.eye(n, dtype=dtype, device=device)
-    return torch.stack([eye_NN[list(p)] for p in perms]) if perms else eye_NN[None]
+    return torch.stack([eye_NN[list(p)] for p in _permutations(n)])
 
 
 def birkhoff_mix(res_logits_TP: Tensor, perms_PNN: Tensor) -> Tensor:
     """mHC-lite's H_res: softmax weights over the permutation matrices; exactly doubly stochastic."""
     assert res_logits_TP.shape[-1] == perms_PNN.shape[0] == math.factorial(perms_PNN.shape[-1])
-    weights_TP = torch.softmax(res_logits_TP.float(), dim=-1)
-    return torch.einsum("tp,pij->tij", weights_TP, perms_PNN.float())
+    weights_TP = torch.softmax(_acc(res_logits_TP), dim=-1)
+    return torch.einsum("tp,pij->tij", weights_TP, perms_PNN.to(weights_TP.dtype))
 
 
 def pre_mix(x_TNC: Tensor, h_pre_TN: Tensor) -> Tensor:
     """Read the streams into one sublayer input: u = Σ_j H_pre[j] · x_j, accumulated in fp32."""
-    return torch.einsum("tn,tnc->tc", h_pre_TN.float(), x_TNC.float()).to(x_TNC.dtype)
+    return torch.einsum("tn,tnc->tc", _acc(h_pre_TN), _acc(x_TNC)).to(x_TNC.dtype)
 
 
 def post_res_mix(x_TNC: Tensor, f_TC: Tensor, h_post_TN: Tensor, h_res_TNN: Tensor) -> Tensor:
     """Write back: x'_i = Σ_j H_res[i, j] · x_j + H_post[i] · f, accumulated in fp32."""
-    mixed_TNC = torch.einsum("tij,tjc->tic", h_res_TNN.float(), x_TNC.float())
-    return (mixed_TNC + h_post_TN.float()[:, :, None] * f_TC.float()[:, None, :]).to(x_TNC.dtype)
+    mixed_TNC = torch.einsum("tij,tjc->tic", _acc(h_res_TNN), _acc(x_TNC))
+    return (mixed_TNC + _acc(h_post_TN)[:, :, None] * _acc(f_TC)[:, None, :]).to(x_TNC.dtype)

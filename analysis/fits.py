@@ -1,0 +1,430 @@
+"""Scaling-law fits: the Chinchilla surface L(N, D) and the compute law L(C), fitted the way Chinchilla fitted them.
+
+Both laws are a floor plus power laws, L = E + Σ_k A_k·x_k^(−α_k) (Chinchilla, eq. 2: x = (N, D), A_k = (A, B),
+α_k = (α, β); the compute law: x = (C,)). They are fitted in log space with the log-sum-exp parametrisation
+(Hoffmann et al. 2022, "Training Compute-Optimal Large Language Models", §3.3 and App. D.2):
+
+    log L̂_i = LSE(a_1 − α_1·log x_i1, …, a_K − α_K·log x_iK, e),     A_k = exp(a_k),  E = exp(e),
+    minimise  f(θ) = Σ_i c_i · Huber_δ(log L_i − log L̂_i),   δ = 1e-3,
+
+from every start of a grid (Chinchilla's: a, b ∈ {0, 5, …, 25}, e ∈ {−1, −0.5, …, 1}, α, β ∈ {0, 0.5, …, 2}) with
+L-BFGS-B, keeping the best end point among the starts that converged. c_i are point weights: 1 for a plain fit,
+resample counts in the bootstrap (analysis/bootstrap.py). θ is ordered (a_1…a_K, e, α_1…α_K): (a, b, e, α, β) for
+the Chinchilla surface as in Chinchilla and in Epoch AI's replication (Besiroglu et al. 2024, "Chinchilla Scaling:
+A replication attempt"), whose numbers tests/analysis/test_fits.py reproduces.
+
+Gradient. With z_ik the LSE arguments, w_ik = softmax_k(z_i) (the e term is k = K+1), r_i = log L_i − log L̂_i and
+ψ(r) = clip(r, −δ, δ) the derivative of Huber_δ:
+
+    ∂f/∂a_k = −Σ_i c_i ψ(r_i) w_ik,    ∂f/∂e = −Σ_i c_i ψ(r_i) w_i,K+1,    ∂f/∂α_k = Σ_i c_i ψ(r_i) w_ik log x_ik.
+
+The objective is C¹ (Huber is), so L-BFGS-B with this analytic gradient behaves; all starts run in lock-step
+(analysis/_multistart.py), which takes the 4,500-start grid from about a minute to a few seconds.
+
+Inputs are numpy arrays (anything `np.asarray` takes, a Polars Series included) or, with `data=`, names of columns
+of a Polars DataFrame.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import numpy.typing as npt
+import polars as pl
+
+from analysis._multistart import LbfgsbOptions, minimize_many
+
+__all__ = [
+    "HUBER_DELTA",
+    "ArrayOrColumn",
+    "ChinchillaFit",
+    "ComputeLawFit",
+    "ScalingLawFit",
+    "chinchilla_grid",
+    "compute_law_grid",
+    "fit_chinchilla",
+    "fit_compute_law",
+]
+
+logger = logging.getLogger(__name__)
+
+HUBER_DELTA = 1e-3
+"""Huber threshold on log-loss residuals (Hoffmann et al. 2022, App. D.2)."""
+
+ArrayOrColumn = npt.ArrayLike | str
+"""Values (array-like, Polars Series) or, when a `data=` frame is given, the name of one of its columns."""
+
+# Points x starts per objective call: bounds the (K+1) x S x P temporaries to ~25 MB whatever the batch size.
+_MAX_ELEMENTS_PER_CALL = 1 << 20
+# End points closer than this (max-norm in θ) are one local optimum when listing the distinct ones.
+_DISTINCT_OPTIMUM_TOL = 0.05
+# Distinct local optima kept on a fit: the bootstrap's warm starts come from these.
+_NUM_LOCAL_OPTIMA_KEPT = 8
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The law: E + Σ_k A_k x_k^(−α_k) in the log-sum-exp parametrisation.
+
+
+@dataclass(frozen=True, slots=True)
+class _Law:
+    """Names and θ layout of one law; θ = (a_1…a_K, e, α_1…α_K), reported parameters = (E, A_1…A_K, α_1…α_K)."""
+
+    inputs: tuple[str, ...]
+    coefficients: tuple[str, ...]
+    exponents: tuple[str, ...]
+
+    @property
+    def num_terms(self) -> int:
+        return len(self.inputs)
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return ("E", *self.coefficients, *self.exponents)
+
+    def params_from_theta(self, theta: np.ndarray) -> np.ndarray:
+        """(…, 2K+1) θ -> (…, 2K+1) reported parameters in `param_names` order."""
+        k = self.num_terms
+        return np.concatenate([np.exp(theta[..., k : k + 1]), np.exp(theta[..., :k]), theta[..., k + 1 :]], axis=-1)
+
+    def theta_from_params(self, params: np.ndarray) -> np.ndarray:
+        k = self.num_terms
+        return np.concatenate([np.log(params[..., 1 : k + 1]), np.log(params[..., :1]), params[..., k + 1 :]], axis=-1)
+
+
+CHINCHILLA = _Law(inputs=("N", "D"), coefficients=("A", "B"), exponents=("alpha", "beta"))
+COMPUTE_LAW = _Law(inputs=("C",), coefficients=("A",), exponents=("alpha",))
+
+
+def _log_predict(theta: np.ndarray, log_x: np.ndarray) -> np.ndarray:
+    """log L̂ for S parameter vectors at M points: theta (S, 2K+1), log_x (K, M) -> (S, M)."""
+    k = log_x.shape[0]
+    z = theta[:, :k].T[:, :, None] - theta[:, k + 1 :].T[:, :, None] * log_x[:, None, :]  # (K, S, M)
+    z = np.concatenate([z, np.broadcast_to(theta[None, :, k, None], (1, *z.shape[1:]))])
+    top = z.max(axis=0)
+    return top + np.log(np.exp(z - top).sum(axis=0))
+
+
+def _huber_objective(
+    theta: np.ndarray, log_x: np.ndarray, log_loss: np.ndarray, weights: np.ndarray | None, delta: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """f and ∇f (module docstring) for S parameter vectors: theta (S, 2K+1), weights None or (S, P)."""
+    k = log_x.shape[0]
+    z = np.empty((k + 1, theta.shape[0], log_loss.size))
+    np.multiply(theta[:, k + 1 :].T[:, :, None], log_x[:, None, :], out=z[:k])
+    np.subtract(theta[:, :k].T[:, :, None], z[:k], out=z[:k])
+    z[k] = theta[:, k, None]
+    top = z.max(axis=0)
+    z -= top
+    np.exp(z, out=z)  # z is now exp(z - top): the unnormalised softmax weights
+    total = z.sum(axis=0)
+    residual = log_loss - top - np.log(total)
+    psi = np.clip(residual, -delta, delta)
+    huber = psi * (residual - 0.5 * psi)  # r²/2 where |r| <= δ, δ(|r| − δ/2) beyond
+    if weights is not None:
+        huber *= weights
+        psi *= weights
+    psi /= total  # folds the softmax normalisation into ψ
+    grad = np.empty_like(theta)
+    grad[:, : k + 1] = -np.einsum("ksp,sp->sk", z, psi)
+    grad[:, k + 1 :] = np.einsum("ksp,sp,kp->sk", z[:k], psi, log_x)
+    return huber.sum(axis=1), grad
+
+
+def _batch_objective(
+    log_x: np.ndarray, log_loss: np.ndarray, weights: np.ndarray | None, delta: float, rows_per_weight: int = 1
+):
+    """The `BatchObjective` for `minimize_many`; problem s uses weights[s // rows_per_weight] (all ones if None)."""
+    chunk = max(1, _MAX_ELEMENTS_PER_CALL // log_loss.size)
+
+    def fg(theta: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        f, g = np.empty(theta.shape[0]), np.empty_like(theta)
+        for lo in range(0, theta.shape[0], chunk):
+            part = slice(lo, lo + chunk)
+            w = None if weights is None else weights[rows[part] // rows_per_weight]
+            f[part], g[part] = _huber_objective(theta[part], log_x, log_loss, w, delta)
+        return f, g
+
+    return fg
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Results.
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScalingLawFit:
+    """What every fit reports besides its parameters (which the subclasses name)."""
+
+    law: ClassVar[_Law]
+
+    objective: float
+    """Huber objective Σ_i Huber_δ(log L_i − log L̂_i) at the optimum."""
+    r2_log: float
+    """R² of log L̂ against log L over the fitted points."""
+    converged: bool
+    """Whether the reported optimum's L-BFGS-B run converged (False only if no start converged)."""
+    num_starts: int
+    """Starts tried."""
+    num_starts_converged: int
+    """Starts whose L-BFGS-B run converged."""
+    num_points: int
+    """Points fitted."""
+    delta: float
+    """Huber threshold used."""
+    local_optima: tuple[tuple[float, ...], ...]
+    """Distinct converged end points as θ (see `theta`), best first (the first is this fit); up to 8."""
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        """Names of the reported parameters, e.g. ("E", "A", "B", "alpha", "beta")."""
+        return self.law.param_names
+
+    @property
+    def params(self) -> dict[str, float]:
+        """Reported parameters by name."""
+        return {name: getattr(self, name) for name in self.law.param_names}
+
+    @property
+    def theta(self) -> np.ndarray:
+        """The fitted point in log-sum-exp coordinates (a_1…a_K, e, α_1…α_K), e.g. (a, b, e, α, β)."""
+        return self.law.theta_from_params(np.array([getattr(self, n) for n in self.law.param_names]))
+
+    def _predict(self, *x: npt.ArrayLike) -> np.ndarray:
+        arrays = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64) for v in x))
+        log_x = np.log(np.stack([a.ravel() for a in arrays]))
+        return np.exp(_log_predict(self.theta[None, :], log_x)[0]).reshape(arrays[0].shape)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChinchillaFit(ScalingLawFit):
+    """L(N, D) = E + A·N^(−α) + B·D^(−β)."""
+
+    law: ClassVar[_Law] = CHINCHILLA
+
+    E: float
+    """Irreducible loss."""
+    A: float
+    """Coefficient of the model-size term."""
+    B: float
+    """Coefficient of the data term."""
+    alpha: float
+    """Model-size exponent α."""
+    beta: float
+    """Data exponent β."""
+
+    def predict(self, N: npt.ArrayLike, D: npt.ArrayLike) -> np.ndarray:
+        """Loss at parameters N and tokens D (broadcast together)."""
+        return self._predict(N, D)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ComputeLawFit(ScalingLawFit):
+    """L(C) = E + A·C^(−α)."""
+
+    law: ClassVar[_Law] = COMPUTE_LAW
+
+    E: float
+    """Irreducible loss."""
+    A: float
+    """Coefficient of the compute term."""
+    alpha: float
+    """Compute exponent α."""
+
+    def predict(self, C: npt.ArrayLike) -> np.ndarray:
+        """Loss at compute C (FLOPs)."""
+        return self._predict(C)
+
+
+_FIT_TYPES: dict[_Law, type[ScalingLawFit]] = {CHINCHILLA: ChinchillaFit, COMPUTE_LAW: ComputeLawFit}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Grids of starts.
+
+
+def chinchilla_grid() -> np.ndarray:
+    """Chinchilla's 4,500 starts (Hoffmann et al. 2022, App. D.2) as rows of θ = (a, b, e, α, β)."""
+    a = b = np.arange(0.0, 30.0, 5.0)
+    e = np.arange(-1.0, 1.5, 0.5)
+    alpha = beta = np.arange(0.0, 2.5, 0.5)
+    return np.array(list(itertools.product(a, b, e, alpha, beta)))
+
+
+def compute_law_grid() -> np.ndarray:
+    """Chinchilla's grid restricted to one power-law term: 150 starts as rows of θ = (a, e, α)."""
+    a = np.arange(0.0, 30.0, 5.0)
+    e = np.arange(-1.0, 1.5, 0.5)
+    alpha = np.arange(0.0, 2.5, 0.5)
+    return np.array(list(itertools.product(a, e, alpha)))
+
+
+_DEFAULT_GRIDS = {CHINCHILLA: chinchilla_grid, COMPUTE_LAW: compute_law_grid}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fitting.
+
+
+def fit_chinchilla(
+    N: ArrayOrColumn,
+    D: ArrayOrColumn,
+    loss: ArrayOrColumn,
+    *,
+    data: pl.DataFrame | None = None,
+    starts: npt.ArrayLike | None = None,
+    delta: float = HUBER_DELTA,
+) -> ChinchillaFit:
+    """Fit L(N, D) = E + A·N^(−α) + B·D^(−β) (module docstring).
+
+    Args:
+        N: parameters per point (for mhc-ladder: activated non-embedding parameters).
+        D: training tokens per point.
+        loss: loss per point.
+        data: a frame whose columns `N`, `D` and `loss` name, when they are strings.
+        starts: rows of θ = (a, b, e, α, β) to start L-BFGS-B from; default `chinchilla_grid()`.
+        delta: Huber threshold on log-loss residuals.
+    """
+    columns = _columns("fit_chinchilla", data, N=N, D=D, loss=loss)
+    return _fit(CHINCHILLA, np.log([columns["N"], columns["D"]]), np.log(columns["loss"]), starts, delta)
+
+
+def fit_compute_law(
+    C: ArrayOrColumn,
+    loss: ArrayOrColumn,
+    *,
+    data: pl.DataFrame | None = None,
+    starts: npt.ArrayLike | None = None,
+    delta: float = HUBER_DELTA,
+) -> ComputeLawFit:
+    """Fit L(C) = E + A·C^(−α) (module docstring).
+
+    Args:
+        C: training compute per point (FLOPs).
+        loss: loss per point.
+        data: a frame whose columns `C` and `loss` name, when they are strings.
+        starts: rows of θ = (a, e, α) to start L-BFGS-B from; default `compute_law_grid()`.
+        delta: Huber threshold on log-loss residuals.
+    """
+    columns = _columns("fit_compute_law", data, C=C, loss=loss)
+    return _fit(COMPUTE_LAW, np.log([columns["C"]]), np.log(columns["loss"]), starts, delta)
+
+
+def _fit(
+    law: _Law,
+    log_x: np.ndarray,
+    log_loss: np.ndarray,
+    starts: npt.ArrayLike | None,
+    delta: float,
+    *,
+    options: LbfgsbOptions = LbfgsbOptions(),
+) -> ScalingLawFit:
+    """Multi-start fit on (K, P) log inputs; shared by the public fits, the bootstrap and the rollout."""
+    num_params = len(law.param_names)
+    if log_loss.size <= num_params:
+        raise ValueError(f"{log_loss.size} points cannot determine the {num_params} parameters of {law.param_names}")
+    if not delta > 0:
+        raise ValueError(f"delta ({delta}) must be > 0")
+    x0 = _DEFAULT_GRIDS[law]() if starts is None else np.array(starts, dtype=np.float64, ndmin=2)
+    if x0.ndim != 2 or x0.shape[1] != num_params:
+        raise ValueError(f"starts must have shape (num_starts, {num_params}), got {x0.shape}")
+    result = minimize_many(_batch_objective(log_x, log_loss, None, delta), x0, options)
+    return _fit_result(law, log_x, log_loss, delta, result.x, result.fun, result.converged)
+
+
+def _fit_result(
+    law: _Law,
+    log_x: np.ndarray,
+    log_loss: np.ndarray,
+    delta: float,
+    end_points: np.ndarray,
+    objectives: np.ndarray,
+    converged: np.ndarray,
+) -> ScalingLawFit:
+    """The fit for the best converged end point (the best of all, flagged unconverged, if none converged)."""
+    finite = np.isfinite(objectives) & np.isfinite(end_points).all(axis=1)
+    usable = converged & finite
+    if not usable.any():
+        logger.warning(
+            "no L-BFGS-B start converged (%d starts, %d points); reporting the lowest objective reached, "
+            "flagged converged=False",
+            end_points.shape[0],
+            log_loss.size,
+        )
+        usable = finite
+    order = [i for i in np.argsort(np.where(usable, objectives, np.inf), kind="stable") if usable[i]]
+    best = end_points[order[0]]
+    distinct: list[np.ndarray] = []
+    for i in order:
+        if all(np.abs(end_points[i] - kept).max() > _DISTINCT_OPTIMUM_TOL for kept in distinct):
+            distinct.append(end_points[i])
+            if len(distinct) == _NUM_LOCAL_OPTIMA_KEPT:
+                break
+    predicted = _log_predict(best[None, :], log_x)[0]
+    total = np.sum((log_loss - log_loss.mean()) ** 2)
+    r2 = 1.0 - np.sum((log_loss - predicted) ** 2) / total if total > 0 else float("nan")
+    params = law.params_from_theta(best)
+    return _FIT_TYPES[law](
+        **{name: float(v) for name, v in zip(law.param_names, params, strict=True)},
+        objective=float(objectives[order[0]]),
+        r2_log=float(r2),
+        converged=bool(converged[order[0]]),
+        num_starts=int(end_points.shape[0]),
+        num_starts_converged=int(converged.sum()),
+        num_points=int(log_loss.size),
+        delta=float(delta),
+        local_optima=tuple(tuple(float(v) for v in point) for point in distinct),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Inputs.
+
+
+def _columns(caller: str, data: pl.DataFrame | None, **named: ArrayOrColumn) -> dict[str, np.ndarray]:
+    """Resolve arrays or `data` column names into positive, finite, equally long float arrays."""
+    out = {}
+    for name, value in named.items():
+        if isinstance(value, str):
+            if data is None:
+                raise ValueError(f"{caller}: {name}={value!r} names a column but no data= frame was given")
+            if value not in data.columns:
+                raise ValueError(f"{caller}: {name}={value!r} is not a column of data (columns: {data.columns})")
+            value = data.get_column(value)
+        array = np.asarray(value, dtype=np.float64)
+        if array.ndim != 1:
+            raise ValueError(f"{caller}: {name} must be one-dimensional, got shape {array.shape}")
+        bad = ~(np.isfinite(array) & (array > 0))
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"{caller}: {name} has {int(bad.sum())} values that are not finite and > 0 (first at index {first}: "
+                f"{array[first]}); the fit works on logarithms"
+            )
+        out[name] = array
+    lengths = {name: a.size for name, a in out.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"{caller}: inputs differ in length: {lengths}")
+    return out
+
+
+def _labels(caller: str, data: pl.DataFrame | None, name: str, value: ArrayOrColumn, size: int) -> np.ndarray:
+    """Resolve a label column (any values, e.g. run ids) of the given length."""
+    if isinstance(value, str):
+        if data is None or value not in data.columns:
+            raise ValueError(f"{caller}: {name}={value!r} is not a column of data")
+        value = data.get_column(value)
+    labels = value.to_numpy() if isinstance(value, pl.Series) else np.asarray(value)
+    if labels.shape != (size,):
+        raise ValueError(f"{caller}: {name} must have one label per point ({size}), got shape {labels.shape}")
+    return labels
+
+
+def _split_inputs(law: _Law, columns: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(K, P) log inputs and (P,) log losses from resolved columns."""
+    return np.log([columns[name] for name in law.inputs]), np.log(columns["loss"])

@@ -1,0 +1,129 @@
+"""Model-step benchmark: forward + backward time and tokens/s per residual variant, on the CPU proxies.
+
+Every variant is timed in the same process, interleaved round-robin so that machine noise (other processes,
+frequency changes) hits all variants alike; the table reports the median and the ratio to ``residual`` measured
+in the same run. Rows are appended in long format to a CSV that analysis/ can read.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import platform
+import statistics
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from models.config import ModelConfig
+from models.presets import get_preset
+from models.transformer import build_model
+
+__all__ = ["StepBenchmarkRow", "VARIANTS", "append_csv", "run_step_benchmark"]
+
+# The four variants at the paper's expansion rate.
+VARIANTS: dict[str, dict] = {
+    "residual": {"variant": "residual", "n": 1},
+    "hc": {"variant": "hc", "n": 4},
+    "mhc": {"variant": "mhc", "n": 4},
+    "mhc-lite": {"variant": "mhc-lite", "n": 4},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class StepBenchmarkRow:
+    """One (preset, variant) measurement."""
+
+    preset: str
+    variant: str
+    n: int
+    threads: int
+    batch_size: int
+    seq_len: int
+    median_ms: float
+    tokens_per_s: float
+    ratio_to_residual: float
+
+
+def _time_step(model: torch.nn.Module, tokens_BS: torch.Tensor) -> float:
+    start = time.perf_counter()
+    logits_BSV = model(tokens_BS[:, :-1])
+    F.cross_entropy(logits_BSV.flatten(0, 1), tokens_BS[:, 1:].flatten()).backward()
+    elapsed = time.perf_counter() - start
+    model.zero_grad(set_to_none=True)
+    return elapsed
+
+
+def run_step_benchmark(
+    presets: list[str],
+    variants: list[str],
+    *,
+    threads: int = 2,
+    batch_size: int = 16,
+    seq_len: int = 256,
+    warmup: int = 2,
+    repeats: int = 10,
+) -> list[StepBenchmarkRow]:
+    """Median forward+backward step time of each preset × variant; ratios against ``residual`` of the same preset."""
+    torch.set_num_threads(threads)
+    rows: list[StepBenchmarkRow] = []
+    for preset in presets:
+        base: ModelConfig = get_preset(preset)
+        configs = {name: base.with_residual(**VARIANTS[name]) for name in ["residual", *variants]}
+        models = {name: build_model(cfg, seed=0) for name, cfg in configs.items()}
+        generator = torch.Generator().manual_seed(0)
+        tokens_BS = torch.randint(0, base.vocab_size, (batch_size, seq_len + 1), generator=generator)
+        times: dict[str, list[float]] = {name: [] for name in models}
+        for round_index in range(warmup + repeats):
+            for name, model in models.items():
+                elapsed = _time_step(model, tokens_BS)
+                if round_index >= warmup:
+                    times[name].append(elapsed)
+        baseline = statistics.median(times["residual"])
+        for name in dict.fromkeys(["residual", *variants]):
+            median = statistics.median(times[name])
+            rows.append(
+                StepBenchmarkRow(
+                    preset=preset,
+                    variant=name,
+                    n=configs[name].residual.n,
+                    threads=threads,
+                    batch_size=batch_size,
+                    seq_len=seq_len,
+                    median_ms=1e3 * median,
+                    tokens_per_s=batch_size * seq_len / median,
+                    ratio_to_residual=median / baseline,
+                )
+            )
+    return rows
+
+
+def _git_sha() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def append_csv(rows: list[StepBenchmarkRow], path: Path) -> None:
+    """Append rows with machine, torch version, git SHA and timestamp (long format)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    context = {
+        "machine": f"{platform.node()} {platform.processor() or platform.machine()}",
+        "torch": torch.__version__,
+        "git_sha": _git_sha(),
+        "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    records = [{**context, **asdict(row)} for row in rows]
+    new_file = not path.exists()
+    with path.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(records[0]))
+        if new_file:
+            writer.writeheader()
+        writer.writerows(records)
