@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import optimize
+from threadpoolctl import threadpool_limits
 
 __all__ = ["BatchObjective", "LbfgsbOptions", "MultiStartResult", "minimize_many"]
 
@@ -69,6 +70,13 @@ def minimize_many(
 ) -> MultiStartResult:
     """Minimise one objective per row of `x0` (S starts of dimension P) with L-BFGS-B; see the module docstring."""
     x0 = np.array(x0, dtype=np.float64, ndmin=2)
+    # L-BFGS-B's dense algebra is on (2·maxcor)² matrices: BLAS threads only add overhead, and on a loaded machine
+    # OpenBLAS's spinning workers slow each setulb call ~50x (measured on 2 shared cores). One thread, then.
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _minimize(fg, x0, options)
+
+
+def _minimize(fg: BatchObjective, x0: np.ndarray, options: LbfgsbOptions) -> MultiStartResult:
     if _lockstep_works():
         return _minimize_lockstep(fg, x0, options)
     warnings.warn(
@@ -77,7 +85,7 @@ def minimize_many(
         "scipy.optimize.minimize call per start: same results, several times slower. Install SciPy >= 1.15 to "
         "silence this.",
         RuntimeWarning,
-        stacklevel=2,
+        stacklevel=3,
     )
     return _minimize_each(fg, x0, options)
 

@@ -107,10 +107,11 @@ def birkhoff_mix(res_logits_TP: Tensor, perms_PNN: Tensor) -> Tensor:
 
 def pre_mix(x_TNC: Tensor, h_pre_TN: Tensor) -> Tensor:
     """Read the streams into one sublayer input: u = Σ_j H_pre[j] · x_j, accumulated in fp32."""
-    return torch.einsum("tn,tnc->tc", _acc(h_pre_TN), _acc(x_TNC)).to(x_TNC.dtype)
+    # A broadcast multiply + sum: on CPU ~2× faster than the equivalent batched (1×n)@(n×C) matmul.
+    return (_acc(h_pre_TN)[:, :, None] * _acc(x_TNC)).sum(dim=1).to(x_TNC.dtype)
 
 
 def post_res_mix(x_TNC: Tensor, f_TC: Tensor, h_post_TN: Tensor, h_res_TNN: Tensor) -> Tensor:
     """Write back: x'_i = Σ_j H_res[i, j] · x_j + H_post[i] · f, accumulated in fp32."""
-    mixed_TNC = torch.einsum("tij,tjc->tic", _acc(h_res_TNN), _acc(x_TNC))
-    return (mixed_TNC + _acc(h_post_TN)[:, :, None] * _acc(f_TC)[:, None, :]).to(x_TNC.dtype)
+    written_TNC = _acc(h_post_TN)[:, :, None] * _acc(f_TC)[:, None, :]
+    return torch.baddbmm(written_TNC, _acc(h_res_TNN), _acc(x_TNC)).to(x_TNC.dtype)

@@ -4,9 +4,9 @@ Every launcher in `kernels.triton_coefficients`, `kernels.triton_sinkhorn` and `
 `launch_config` for its block sizes and warp count, so the tuning lives in one place. The heuristics are written
 for an H100/H200 (132 SMs, 228 KiB shared memory per SM) and bf16 activations, and follow two rules:
 
-- The memory-bound mixing kernels hold a [BLOCK_T, NP, BLOCK_C] tile (NP = n padded to a power of two) with about
-  4096 elements (≈ 16-32 fp32 registers per thread per tile at 4-8 warps), contiguous along C so that each warp
-  reads whole 128-byte lines, and launch thousands of programs at 16k tokens.
+- The memory-bound mixing kernels hold [NP, BLOCK_T, BLOCK_C] tiles (NP = n padded to a power of two) of 8192
+  elements (32 fp32 registers per thread per tile at 8 warps), contiguous along C so that each warp reads whole
+  128-byte lines, and launch thousands of programs at 16k tokens.
 - The coefficient GEMM is skinny (M = 2n + n² = 24 columns at n = 4): its cost is streaming x once, so one program
   owns a block of tokens and walks K = n·C; the backward walks tokens for one block of K (see its module).
 
@@ -139,9 +139,11 @@ def launch_config(
         block_t = max(1, min(2048 // (np_ * np_), tokens_pow2))
         config = LaunchConfig(block_t=block_t, num_warps=_warps_for(block_t * np_ * np_))
     elif op in ("mix_fwd", "mix_bwd"):
+        # [NP, BLOCK_T, BLOCK_C] tiles of 8192 elements; warps go along tokens (BLOCK_T >= num_warps keeps the
+        # streams of one column inside a thread, see kernels.triton_mix).
         block_c = min(256, _pow2(width))
-        block_t = max(1, min(4096 // (np_ * block_c), tokens_pow2))
-        config = LaunchConfig(block_t=block_t, block_c=block_c, num_warps=_warps_for(block_t * np_ * block_c))
+        block_t = max(1, min(8192 // (np_ * block_c), tokens_pow2))
+        config = LaunchConfig(block_t=block_t, block_c=block_c, num_warps=max(1, min(8, block_t)))
     else:
         raise ValueError(f"unknown kernel op {op!r}")
     if _LAUNCH_OVERRIDES:

@@ -1,7 +1,7 @@
 """Read text members out of a tar or zip archive without writing anything to disk.
 
 Extraction never creates files from member names, so a crafted name cannot write outside the cache. Names are
-still checked: an archive holding an absolute path or a ``..`` component is refused outright, because it is not
+still checked: an archive holding an absolute path or a ``..`` component is refused outright, as it is not
 what a pinned package looks like. Links and other special members are skipped, never followed.
 """
 
@@ -44,7 +44,9 @@ def read_members(
 def _checked_name(archive: Path, name: str) -> str:
     path = PurePosixPath(name.replace("\\", "/"))
     if path.is_absolute() or ".." in path.parts or (path.parts and path.parts[0].endswith(":")):
-        raise DataError(f"{archive} holds an unsafe member path {name!r} (absolute or '..'); refusing to read it")
+        raise DataError(
+            f"{archive} holds an unsafe member path {name!r} (absolute or '..'); refusing to read it"
+        )
     return str(path)
 
 

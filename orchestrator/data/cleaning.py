@@ -119,7 +119,7 @@ def split_paragraphs(text: str) -> list[str]:
 
 
 def clean_document(name: str, text: str) -> Document:
-    """The full per-document pipeline: normalise, strip boilerplate, split paragraphs, drop a leading credit."""
+    """The per-document pipeline: normalise, strip boilerplate, split paragraphs, drop a leading credit."""
     paragraphs = split_paragraphs(strip_gutenberg_boilerplate(normalise_text(text)))
     if paragraphs and _CREDIT.match(paragraphs[0]):
         paragraphs = paragraphs[1:]
@@ -154,5 +154,7 @@ def deduplicate_paragraphs(documents: Iterable[Document]) -> tuple[list[Document
             kept_documents.append(Document(name=document.name, paragraphs=tuple(kept)))
         else:
             num_emptied += 1
-    stats = DedupStats(num_paragraphs_in=num_in, num_paragraphs_out=num_out, num_documents_emptied=num_emptied)
+    stats = DedupStats(
+        num_paragraphs_in=num_in, num_paragraphs_out=num_out, num_documents_emptied=num_emptied
+    )
     return kept_documents, stats

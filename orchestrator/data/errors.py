@@ -19,4 +19,4 @@ class MissingClientError(DataError):
 
 
 class ChecksumMismatchError(DataError):
-    """A downloaded package's sha256 differs from the pinned one: the package changed, or the download is bad."""
+    """A downloaded package's sha256 is not the pinned one: the package changed, or the download is bad."""

