@@ -10,6 +10,9 @@ for an H100/H200 (132 SMs, 228 KiB shared memory per SM) and bf16 activations, a
 - The coefficient GEMM is skinny (M = 2n + n² = 24 columns at n = 4): its cost is streaming x once, so one program
   owns a block of tokens and walks K = n·C; the backward walks tokens for one block of K (see its module).
 
+Register counts quoted below come from compiling every kernel for sm_90 on a CPU machine (`triton.compile` with
+`GPUTarget("cuda", 90, 32)` and the ptxas bundled with the triton wheel), not from a GPU run.
+
 Block sizes are capped at the (power-of-two rounded) problem size so that small problems, such as the parity tests
 under ``TRITON_INTERPRET=1``, do not launch mostly-masked tiles. `override_launch` lets tests force small blocks
 (and several K-splits) so that every tail mask and multi-program path runs on CPU; `poison_outputs` makes every
@@ -121,11 +124,13 @@ def launch_config(
     np_ = _pow2(n)
     tokens_pow2 = _pow2(num_tokens)
     if op in ("coefficients_fwd", "coefficients_prep", "coefficients_bwd"):
+        # Register budgets from the sm_90 builds (no spills at n <= 8 for bf16 x): [64, 64] x tiles while the
+        # coefficient row fits 64 columns (mHC up to n = 6), [32, 32] beyond (mHC n = 7, 8; mHC-lite n >= 5).
         block_m = max(16, _pow2(num_cols))  # tl.dot needs every tile dimension >= 16
-        wide = block_m >= 256  # mHC-lite at n = 5 or 6: keep the accumulators in registers
-        block_t = max(16, min(32 if wide else 64, tokens_pow2))
-        block_k = max(16, min(32 if wide else 64, _pow2(width)))
-        config = LaunchConfig(block_t=block_t, block_k=block_k, block_m=block_m, num_warps=4, num_stages=3)
+        block = 64 if block_m <= 64 else 32
+        block_t = max(16, min(block, tokens_pow2))
+        block_k = max(16, min(block, _pow2(width)))
+        config = LaunchConfig(block_t=block_t, block_k=block_k, block_m=block_m, num_warps=8, num_stages=3)
         if op == "coefficients_prep":
             config = LaunchConfig(block_t=max(1, min(2048 // block_m, tokens_pow2)), block_m=block_m, num_warps=4)
         if op == "coefficients_bwd":
@@ -135,8 +140,8 @@ def launch_config(
             splits = max(1, min(t_blocks, triton.cdiv(2 * _num_sms(device or torch.device("cpu")), k_blocks)))
             config = dataclasses.replace(config, num_splits=splits)
     elif op in ("sinkhorn_fwd", "sinkhorn_bwd"):
-        # One token's n×n matrix lives in registers; the backward holds five such tiles.
-        block_t = max(1, min(2048 // (np_ * np_), tokens_pow2))
+        # One token's n×n matrix lives in registers; the backward holds five such tiles (≈ 125-170 registers).
+        block_t = max(1, min(1024 // (np_ * np_), tokens_pow2))
         config = LaunchConfig(block_t=block_t, num_warps=_warps_for(block_t * np_ * np_))
     elif op in ("mix_fwd", "mix_bwd"):
         # [NP, BLOCK_T, BLOCK_C] tiles of 8192 elements; warps go along tokens (BLOCK_T >= num_warps keeps the

@@ -86,7 +86,7 @@ def test_models_differ_once_mixing_is_not_identity():
 @pytest.mark.parametrize(("variant", "n"), [("residual", 1), ("hc", 4), ("mhc", 4), ("mhc-lite", 4)])
 def test_every_variant_learns_the_synthetic_progressions(variant, n):
     result = run_smoke(get_preset("nano").with_residual(variant=variant, n=n), steps=50, seq_len=32)
-    assert result.losses[-1] < 0.5 * result.uniform_loss
+    assert result.learned  # below 0.8 × log(alphabet): more than the unigram distribution was learned
     assert result.losses[-1] < 0.5 * result.losses[0]
 
 
