@@ -101,11 +101,6 @@ def _num_sms(device: torch.device) -> int:
     return _DEFAULT_NUM_SMS
 
 
-def _warps_for(elements: int) -> int:
-    """About 16 elements of the main tile per thread, between 1 and 8 warps."""
-    return max(1, min(8, elements // (32 * 16)))
-
-
 def launch_config(
     op: str,
     *,
@@ -140,9 +135,10 @@ def launch_config(
             splits = max(1, min(t_blocks, triton.cdiv(2 * _num_sms(device or torch.device("cpu")), k_blocks)))
             config = dataclasses.replace(config, num_splits=splits)
     elif op in ("sinkhorn_fwd", "sinkhorn_bwd"):
-        # One token's n×n matrix lives in registers; the backward holds five such tiles (≈ 125-170 registers).
-        block_t = max(1, min(1024 // (np_ * np_), tokens_pow2))
-        config = LaunchConfig(block_t=block_t, num_warps=_warps_for(block_t * np_ * np_))
+        # One token's n×n matrix lives in registers, about 4 entries per thread: the backward is a long chain of
+        # dependent divisions and reductions (≈ 300 steps at t = 20), so it wants many resident warps, not ILP.
+        block_t = max(1, min(512 // (np_ * np_), tokens_pow2))
+        config = LaunchConfig(block_t=block_t, num_warps=max(1, min(4, block_t * np_ * np_ // 128)))
     elif op in ("mix_fwd", "mix_bwd"):
         # [NP, BLOCK_T, BLOCK_C] tiles of 8192 elements; warps go along tokens (BLOCK_T >= num_warps keeps the
         # streams of one column inside a thread, see kernels.triton_mix).

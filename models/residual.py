@@ -116,7 +116,7 @@ class HyperConnection(ResidualConnection):
         self.bias_res = nn.Parameter(torch.eye(n))
 
     def coefficients(self, x_TNC: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        dyn_TNM = torch.tanh(self.norm(x_TNC).float() @ self.theta.float())
+        dyn_TNM = torch.tanh(self.norm(x_TNC).to(self.theta.dtype) @ self.theta)
         h_pre_TN = self.alpha[0] * dyn_TNM[..., 0] + self.bias_pre
         h_post_TN = self.alpha[1] * dyn_TNM[..., 1] + self.bias_post
         h_res_TNN = self.alpha[2] * dyn_TNM[..., 2:].transpose(-2, -1) + self.bias_res

@@ -11,7 +11,7 @@ from orchestrator.data.batches import BatchSampler
 from orchestrator.data.cleaning import CLEANING_VERSION
 from orchestrator.data.config import BuiltinSource, DataConfig, TextSource, TokenSource
 from orchestrator.data.corpus import BUILTIN_CORPORA, PD_LITERARY, CorpusRecipe, CorpusSource
-from orchestrator.data.dataset import DatasetMetadata, TokenDataset, load_dataset
+from orchestrator.data.dataset import DatasetMetadata, TokenDataset, dataset_key, load_dataset
 from orchestrator.data.errors import ChecksumMismatchError, DataError, MissingClientError
 from orchestrator.data.fetch import PinnedPackage
 from orchestrator.data.text import TextCorpus, prepare_text_corpus
@@ -34,6 +34,7 @@ __all__ = [
     "TextSource",
     "TokenDataset",
     "TokenSource",
+    "dataset_key",
     "load_dataset",
     "prepare_text_corpus",
 ]

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,10 @@ import tokenizers
 
 from models.errors import ConfigError
 from orchestrator.data.cache import atomic_directory, build_lock, file_sha256, fingerprint
+from orchestrator.data.cleaning import Document
 from orchestrator.data.config import BuiltinSource, DataConfig, TextSource, TokenSource
-from orchestrator.data.corpus import BUILTIN_CORPORA, recipe_documents, text_file_documents
-from orchestrator.data.text import TextCorpus, prepare_text_corpus
+from orchestrator.data.corpus import BUILTIN_CORPORA, CorpusRecipe, recipe_documents, text_file_documents
+from orchestrator.data.text import TextCorpus, prepare_text_corpus, text_key
 from orchestrator.data.tokenizer import (
     END_OF_TEXT,
     TOKENIZER_VERSION,
@@ -35,7 +37,7 @@ from orchestrator.data.tokenizer import (
     unigram_entropy,
 )
 
-__all__ = ["DatasetMetadata", "TokenDataset", "load_dataset"]
+__all__ = ["DatasetMetadata", "TokenDataset", "dataset_key", "load_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -101,59 +103,100 @@ class TokenDataset:
         return (_from_fields, (fields,))
 
 
-def load_dataset(config: DataConfig) -> TokenDataset:
-    """Train/validation token arrays for ``config``, building and caching them on first use."""
+def load_dataset(
+    config: DataConfig, *, recipes: Mapping[str, CorpusRecipe] = BUILTIN_CORPORA
+) -> TokenDataset:
+    """Train/validation token arrays for ``config``, building and caching them on first use.
+
+    ``recipes`` maps built-in corpus names to their recipes; the default is the pinned table in corpus.py.
+    """
     if isinstance(config.source, TokenSource):
         return _load_token_arrays(config, config.source)
-    origin, documents_fn, source_name = _text_origin(config)
-    tokenizer_spec = _tokenizer_spec(config)
-    text_inputs = {
-        "origin": origin,
-        "validation_fraction": config.validation_fraction,
-        "split_seed": config.split_seed,
-        "deduplicate": config.deduplicate,
-    }
-    key = fingerprint(
-        {
-            "format": DATASET_FORMAT_VERSION,
-            "text": text_inputs,
-            "tokenizer": tokenizer_spec,
-            "vocab_size": config.vocab_size,
-        }
-    )
+    plan = _plan(config, recipes)
     cache_dir = config.cache_path
-    final = cache_dir / "tokens" / key
+    final = cache_dir / "tokens" / plan.key
     if (cached := _open_entry(final)) is not None:
         return cached
-    with build_lock(cache_dir, f"tokens-{key}"):
+    with build_lock(cache_dir, f"tokens-{plan.key}"):
         if (cached := _open_entry(final)) is not None:
             return cached
         started = time.perf_counter()
         text = prepare_text_corpus(
-            origin,
-            documents_fn,
+            plan.origin,
+            plan.documents_fn,
             cache_dir,
             validation_fraction=config.validation_fraction,
             split_seed=config.split_seed,
             deduplicate=config.deduplicate,
         )
         with atomic_directory(final) as temp:
-            _build_tokens(config, text, tokenizer_spec, source_name, key, temp, started)
+            _build_tokens(config, text, plan, temp, started)
         logger.info("built token data set %s in %.1f s", final, time.perf_counter() - started)
     dataset = _open_entry(final)
     assert dataset is not None  # just published
     return dataclasses.replace(dataset, from_cache=False)
 
 
-def _text_origin(config: DataConfig):
+def dataset_key(config: DataConfig, *, recipes: Mapping[str, CorpusRecipe] = BUILTIN_CORPORA) -> str:
+    """The cache key `load_dataset` files ``config``'s tokens under (pre-tokenized: a fingerprint of the
+    arrays' paths, sizes and mtimes). It does not depend on `cache_dir`."""
+    if isinstance(config.source, TokenSource):
+        return _token_arrays_key(config.source)
+    return _plan(config, recipes).key
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Plan:
+    """What a text-based build reads and what its cache key is."""
+
+    key: str
+    source_name: str
+    origin: dict[str, Any]
+    documents_fn: Callable[[], tuple[list[Document], dict[str, Any]]]
+    tokenizer_spec: dict[str, Any]
+
+
+def _plan(config: DataConfig, recipes: Mapping[str, CorpusRecipe]) -> _Plan:
     source = config.source
     if isinstance(source, BuiltinSource):
-        recipe = BUILTIN_CORPORA[source.name]
-        return recipe.fingerprint_payload(), lambda: recipe_documents(recipe, config.cache_path), source.name
-    assert isinstance(source, TextSource)
-    files = source.files()
-    origin = {"text_files_sha256": [file_sha256(path) for path in files]}
-    return origin, lambda: text_file_documents(files), "text"
+        recipe = recipes[source.name]
+        origin = recipe.fingerprint_payload()
+        source_name = source.name
+
+        def documents_fn() -> tuple[list[Document], dict[str, Any]]:
+            return recipe_documents(recipe, config.cache_path)
+
+    else:
+        assert isinstance(source, TextSource)
+        files = source.files()
+        origin = {"text_files_sha256": [file_sha256(path) for path in files]}
+        source_name = "text"
+
+        def documents_fn() -> tuple[list[Document], dict[str, Any]]:
+            return text_file_documents(files)
+
+    tokenizer_spec = _tokenizer_spec(config)
+    text = text_key(
+        origin,
+        validation_fraction=config.validation_fraction,
+        split_seed=config.split_seed,
+        deduplicate=config.deduplicate,
+    )
+    key = fingerprint(
+        {
+            "format": DATASET_FORMAT_VERSION,
+            "text": text,
+            "tokenizer": tokenizer_spec,
+            "vocab_size": config.vocab_size,
+        }
+    )
+    return _Plan(
+        key=key,
+        source_name=source_name,
+        origin=origin,
+        documents_fn=documents_fn,
+        tokenizer_spec=tokenizer_spec,
+    )
 
 
 def _tokenizer_spec(config: DataConfig) -> dict[str, Any]:
@@ -167,15 +210,7 @@ def _tokenizer_spec(config: DataConfig) -> dict[str, Any]:
     }
 
 
-def _build_tokens(
-    config: DataConfig,
-    text: TextCorpus,
-    tokenizer_spec: dict[str, Any],
-    source_name: str,
-    key: str,
-    directory: Path,
-    started: float,
-) -> None:
+def _build_tokens(config: DataConfig, text: TextCorpus, plan: _Plan, directory: Path, started: float) -> None:
     if config.tokenizer_file is not None:
         tokenizer = load_tokenizer(Path(config.tokenizer_file).expanduser())
         if tokenizer.get_vocab_size() > config.vocab_size:
@@ -192,15 +227,15 @@ def _build_tokens(
         arrays[split] = encode_segments(tokenizer, segments, dtype)
         np.save(directory / f"{split}.npy", arrays[split])
     metadata = DatasetMetadata(
-        key=key,
-        source=source_name,
+        key=plan.key,
+        source=plan.source_name,
         vocab_size=config.vocab_size,
         dtype=dtype.name,
         num_train_tokens=len(arrays["train"]),
         num_validation_tokens=len(arrays["validation"]),
         unigram_entropy_nats=unigram_entropy(arrays["validation"]),
         eot_token_id=tokenizer.token_to_id(END_OF_TEXT),
-        tokenizer={**tokenizer_spec, "trained_vocab_size": tokenizer.get_vocab_size()},
+        tokenizer={**plan.tokenizer_spec, "tokenizer_vocab_size": tokenizer.get_vocab_size()},
         text=text.manifest,
         tokens_sha256={split: file_sha256(directory / f"{split}.npy") for split in arrays},
         build_seconds=round(time.perf_counter() - started, 3),
@@ -245,9 +280,8 @@ def _load_token_arrays(config: DataConfig, source: TokenSource) -> TokenDataset:
                 f"data.vocab_size ({config.vocab_size}) must be > every token id, but data.source.{split} "
                 f"({str(paths[split])!r}) holds id {largest}"
             )
-    stats = [(str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns) for path in paths.values()]
     metadata = DatasetMetadata(
-        key=fingerprint({"format": DATASET_FORMAT_VERSION, "tokens": stats, "dtype": source.dtype}),
+        key=_token_arrays_key(source),
         source="tokens",
         vocab_size=config.vocab_size,
         dtype=source.dtype,
@@ -268,6 +302,12 @@ def _load_token_arrays(config: DataConfig, source: TokenSource) -> TokenDataset:
         from_cache=True,
         directory=None,
     )
+
+
+def _token_arrays_key(source: TokenSource) -> str:
+    paths = [Path(getattr(source, split)).expanduser() for split in ("train", "validation")]
+    stats = [(str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns) for path in paths]
+    return fingerprint({"format": DATASET_FORMAT_VERSION, "tokens": stats, "dtype": source.dtype})
 
 
 def _from_fields(fields: dict[str, Any]) -> TokenDataset:
