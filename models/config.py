@@ -15,6 +15,7 @@ Choices where the mHC paper (arXiv 2512.24880, Table 5) is silent are documented
 
 from __future__ import annotations
 
+import contextvars
 import math
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -31,7 +32,7 @@ __all__ = [
     "MoEConfig",
     "ResidualConfig",
     "ResidualVariant",
-    "format_validation_error",
+    "validation_problems",
     "parse_config",
     "rule_violation",
 ]
@@ -45,24 +46,35 @@ MAX_STREAMS = 8
 
 
 def rule_violation(field: str, value: Any, rule: str) -> PydanticCustomError:
-    """An error for a cross-field rule; `format_validation_error` prefixes ``field`` with the model's path."""
+    """An error for a cross-field rule; `validation_problems` prefixes ``field`` with the model's path."""
     return PydanticCustomError("rule", "{field} ({value}) {rule}", {"field": field, "value": value, "rule": rule})
+
+
+# Depth of nested ConfigModel construction: only the outermost one turns pydantic's error into a ConfigError,
+# so pydantic can still merge the field locations of nested configs into one error.
+_construction_depth: contextvars.ContextVar[int] = contextvars.ContextVar("config_construction_depth", default=0)
 
 
 class ConfigModel(BaseModel):
     """Base for every config: immutable, unknown keys rejected, defaults validated.
 
-    Direct construction raises `ConfigError` (not pydantic's error) so every caller sees one error type.
+    Construction raises `ConfigError` (not pydantic's error) so every caller sees one error type; the paths are
+    rooted at ``config_path`` (use `parse_config` to root them elsewhere).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
     config_path: ClassVar[str] = "config"
 
     def __init__(self, **data: Any) -> None:
+        token = _construction_depth.set(_construction_depth.get() + 1)
         try:
             super().__init__(**data)
         except pydantic.ValidationError as error:
-            raise ConfigError(format_validation_error(error, self.config_path)) from None
+            if _construction_depth.get() > 1:
+                raise
+            raise ConfigError.from_problems(validation_problems(error, tuple(self.config_path.split(".")))) from None
+        finally:
+            _construction_depth.reset(token)
 
 
 class AttentionConfig(ConfigModel):
@@ -192,29 +204,29 @@ class ModelConfig(ConfigModel):
         return ModelConfig(**{**self.model_dump(), "residual": {**self.residual.model_dump(), **fields}})
 
 
-def format_validation_error(error: pydantic.ValidationError, path: str) -> str:
-    """One line per broken rule: dotted path, offending value, rule."""
-    lines = []
+def validation_problems(error: pydantic.ValidationError, root: tuple[str, ...]) -> list[tuple[tuple[str, ...], str]]:
+    """Each broken rule as (field path rooted at ``root``, detail: "(value) rule")."""
+    problems = []
     for item in error.errors():
-        loc = [path, *(str(part) for part in item["loc"])]
+        loc = (*root, *(str(part) for part in item["loc"]))
         ctx = item.get("ctx") or {}
         if item["type"] == "rule":
-            lines.append(f"{'.'.join([*loc, ctx['field']])} ({ctx['value']}) {ctx['rule']}")
+            problems.append(((*loc, ctx["field"]), f"({ctx['value']}) {ctx['rule']}"))
         elif item["type"] == "missing":
-            lines.append(f"{'.'.join(loc)} is required")
+            problems.append((loc, "is required"))
         elif item["type"] == "extra_forbidden":
-            lines.append(f"{'.'.join(loc)} is not a known field")
+            problems.append((loc, "is not a known field"))
         else:
-            lines.append(f"{'.'.join(loc)} ({item.get('input')!r}): {item['msg']}")
-    return "; ".join(lines)
+            problems.append((loc, f"({item.get('input')!r}): {item['msg']}"))
+    return problems
 
 
 ConfigT = TypeVar("ConfigT", bound=ConfigModel)
 
 
 def parse_config(cls: type[ConfigT], data: dict[str, Any], path: str) -> ConfigT:
-    """Validate plain data into ``cls``; raise `ConfigError` naming ``path.field (value) rule`` on failure."""
+    """Build ``cls`` from plain data; a `ConfigError`'s field paths are rooted at ``path`` (e.g. "sweep.base.model")."""
     try:
-        return cls.model_validate(data)
-    except pydantic.ValidationError as error:
-        raise ConfigError(format_validation_error(error, path)) from None
+        return cls(**data)
+    except ConfigError as error:
+        raise error.rerooted(tuple(cls.config_path.split(".")), tuple(path.split("."))) from None
