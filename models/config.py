@@ -181,6 +181,20 @@ class ModelConfig(ConfigModel):
     moe: MoEConfig
     residual: ResidualConfig = ResidualConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_preset(cls, values: Any) -> Any:
+        """``{preset: NAME, **overrides}``: the preset's fields, deep-merged with the overrides."""
+        if not isinstance(values, dict) or "preset" not in values:
+            return values
+        from models.presets import PRESETS  # presets build ModelConfigs: imported here to avoid a cycle
+
+        name = values["preset"]
+        if not isinstance(name, str) or name.lower() not in PRESETS:
+            raise rule_violation("preset", name, f"must be one of {', '.join(PRESETS)}")
+        overrides = {key: value for key, value in values.items() if key != "preset"}
+        return _deep_merge(PRESETS[name.lower()]().model_dump(), overrides)
+
     @model_validator(mode="after")
     def _layers_fit(self) -> ModelConfig:
         if self.num_dense_layers > self.num_layers:
@@ -204,6 +218,15 @@ class ModelConfig(ConfigModel):
         return ModelConfig(**{**self.model_dump(), "residual": {**self.residual.model_dump(), **fields}})
 
 
+def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        merged[key] = (
+            _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        )
+    return merged
+
+
 def validation_problems(error: pydantic.ValidationError, root: tuple[str, ...]) -> list[tuple[tuple[str, ...], str]]:
     """Each broken rule as (field path rooted at ``root``, detail: "(value) rule")."""
     problems = []
@@ -211,7 +234,7 @@ def validation_problems(error: pydantic.ValidationError, root: tuple[str, ...]) 
         loc = (*root, *(str(part) for part in item["loc"]))
         ctx = item.get("ctx") or {}
         if item["type"] == "rule":
-            problems.append(((*loc, ctx["field"]), f"({ctx['value']}) {ctx['rule']}"))
+            problems.append(((*loc, *ctx["field"].split(".")), f"({ctx['value']}) {ctx['rule']}"))
         elif item["type"] == "missing":
             problems.append((loc, "is required"))
         elif item["type"] == "extra_forbidden":

@@ -100,7 +100,12 @@ DataSource = Annotated[
     Annotated[BuiltinSource, Tag("builtin")]
     | Annotated[TextSource, Tag("text")]
     | Annotated[TokenSource, Tag("tokens")],
-    Discriminator(_source_kind),
+    Discriminator(
+        _source_kind,
+        custom_error_type="source_kind",
+        custom_error_message="must be a built-in corpus name (pd-literary), a list of text paths, or "
+        "{train, validation, dtype} for token arrays (long forms: kind = builtin | text | tokens)",
+    ),
 ]
 
 
@@ -121,7 +126,8 @@ class DataConfig(ConfigModel):
         default=None, description="A HF `tokenizers` JSON file to use instead of training a BPE on the text."
     )
     cache_dir: str = Field(
-        default="./.ladder-cache", description="Where downloads, text and tokens are cached."
+        default="./.ladder-cache",
+        description="Cache of downloads, cleaned text and tokens (relative to cwd).",
     )
     validation_fraction: float = Field(
         default=0.05, gt=0, lt=1, description="Share of the text's characters held out for validation."
@@ -172,7 +178,7 @@ class DataConfig(ConfigModel):
                 rule = f"is a directory holding no {' or '.join(TEXT_FILE_SUFFIXES)} file"
             else:
                 rule = "does not exist"
-            raise rule_violation(f"source.paths[{index}]", pattern, rule)
+            raise rule_violation(f"source.paths.{index}", pattern, rule)
 
     def _check_token_source(self, source: TokenSource) -> None:
         if self.tokenizer_file is not None:

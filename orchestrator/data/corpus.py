@@ -205,12 +205,21 @@ def expand_text_paths(patterns: Sequence[str]) -> list[list[Path]]:
     return out
 
 
-def text_file_documents(files: Sequence[Path]) -> tuple[list[Document], dict[str, Any]]:
-    """One cleaned document per file, named by its content hash so the split ignores paths."""
+def text_file_documents(
+    files: Sequence[Path], expected_sha256: Sequence[str] | None = None
+) -> tuple[list[Document], dict[str, Any]]:
+    """One cleaned document per file, named by its content hash so the split ignores paths.
+
+    ``expected_sha256`` are the hashes the cache key was computed from; a file that no longer matches changed
+    during the build, which would file new text under the old key, so that is an error.
+    """
     documents = []
-    for path in files:
+    for index, path in enumerate(files):
         raw = path.read_bytes()
-        document = clean_document(f"sha256:{hashlib.sha256(raw).hexdigest()[:20]}", decode_text(raw))
+        sha256 = hashlib.sha256(raw).hexdigest()
+        if expected_sha256 is not None and sha256 != expected_sha256[index]:
+            raise DataError(f"{path} changed while its data set was being built; load the data set again")
+        document = clean_document(f"sha256:{sha256[:20]}", decode_text(raw))
         if document.paragraphs:
             documents.append(document)
     stats = {"text-files": {"num_files": len(files), "num_documents": len(documents)}}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -41,6 +42,8 @@ __all__ = ["DatasetMetadata", "TokenDataset", "dataset_key", "load_dataset"]
 
 logger = logging.getLogger(__name__)
 
+# Field paths of errors found at load time are rooted like DataConfig's own (ConfigError.problems).
+_ROOT = tuple(DataConfig.config_path.split("."))
 # Bump when the layout of a tokens cache entry changes.
 DATASET_FORMAT_VERSION = 1
 
@@ -120,6 +123,7 @@ def load_dataset(
     with build_lock(cache_dir, f"tokens-{plan.key}"):
         if (cached := _open_entry(final)) is not None:
             return cached
+        _remove_damaged(final)
         started = time.perf_counter()
         text = prepare_text_corpus(
             plan.origin,
@@ -173,7 +177,7 @@ def _plan(config: DataConfig, recipes: Mapping[str, CorpusRecipe]) -> _Plan:
         source_name = "text"
 
         def documents_fn() -> tuple[list[Document], dict[str, Any]]:
-            return text_file_documents(files)
+            return text_file_documents(files, expected_sha256=origin["text_files_sha256"])
 
     tokenizer_spec = _tokenizer_spec(config)
     text = text_key(
@@ -214,9 +218,14 @@ def _build_tokens(config: DataConfig, text: TextCorpus, plan: _Plan, directory: 
     if config.tokenizer_file is not None:
         tokenizer = load_tokenizer(Path(config.tokenizer_file).expanduser())
         if tokenizer.get_vocab_size() > config.vocab_size:
-            raise ConfigError(
-                f"data.vocab_size ({config.vocab_size}) must be >= the vocabulary of data.tokenizer_file "
-                f"{config.tokenizer_file!r} ({tokenizer.get_vocab_size()})"
+            raise ConfigError.from_problems(
+                [
+                    (
+                        (*_ROOT, "vocab_size"),
+                        f"({config.vocab_size}) must be >= the vocabulary size of data.tokenizer_file "
+                        f"{config.tokenizer_file!r} ({tokenizer.get_vocab_size()})",
+                    )
+                ]
             )
     else:
         tokenizer = train_bpe(text.train, config.vocab_size)
@@ -244,12 +253,16 @@ def _build_tokens(config: DataConfig, text: TextCorpus, plan: _Plan, directory: 
 
 
 def _open_entry(directory: Path) -> TokenDataset | None:
-    metadata_path = directory / "metadata.json"
-    if not metadata_path.is_file():
+    """The cached data set in ``directory``; None if there is none or it is damaged (it is then rebuilt)."""
+    if not (directory / "metadata.json").is_file():
         return None
-    metadata = DatasetMetadata(**json.loads(metadata_path.read_text()))
-    train = np.load(directory / "train.npy", mmap_mode="r")
-    validation = np.load(directory / "validation.npy", mmap_mode="r")
+    try:
+        metadata = DatasetMetadata(**json.loads((directory / "metadata.json").read_text()))
+        train = np.load(directory / "train.npy", mmap_mode="r")
+        validation = np.load(directory / "validation.npy", mmap_mode="r")
+    except (OSError, ValueError, TypeError) as error:
+        logger.warning("cache entry %s is unreadable (%s); rebuilding it", directory, error)
+        return None
     if (len(train), len(validation)) != (metadata.num_train_tokens, metadata.num_validation_tokens):
         logger.warning("cache entry %s does not match its metadata; rebuilding it", directory)
         return None
@@ -261,6 +274,12 @@ def _open_entry(directory: Path) -> TokenDataset | None:
         from_cache=True,
         directory=directory,
     )
+
+
+def _remove_damaged(directory: Path) -> None:
+    """Delete a cache entry that failed to open (call with its build lock held)."""
+    if directory.exists():
+        shutil.rmtree(directory)
 
 
 def _open_token_array(path: Path, dtype: str) -> np.ndarray:
@@ -276,9 +295,14 @@ def _load_token_arrays(config: DataConfig, source: TokenSource) -> TokenDataset:
     for split, array in arrays.items():
         largest = int(array.max())
         if largest >= config.vocab_size:
-            raise ConfigError(
-                f"data.vocab_size ({config.vocab_size}) must be > every token id, but data.source.{split} "
-                f"({str(paths[split])!r}) holds id {largest}"
+            raise ConfigError.from_problems(
+                [
+                    (
+                        (*_ROOT, "vocab_size"),
+                        f"({config.vocab_size}) must be > every token id, but data.source.{split} "
+                        f"({str(paths[split])!r}) holds id {largest}",
+                    )
+                ]
             )
     metadata = DatasetMetadata(
         key=_token_arrays_key(source),

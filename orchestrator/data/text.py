@@ -2,7 +2,8 @@
 
 The entry ``<cache_dir>/text/<key>/`` holds ``train.jsonl`` and ``validation.jsonl`` (one segment per line:
 ``{"document": name, "paragraphs": [...]}``) and ``manifest.json`` (the key's inputs, statistics and the
-sha256 of both JSONL files, which is what "the same cleaned text" means in tests and provenance). The key
+sha256 of both JSONL files, which is what "the same cleaned text" means in tests and provenance, and what a
+read checks before trusting the entry; a damaged entry is rebuilt). The key
 covers the documents' origin (recipe with checksums, or the user files' content hashes), `CLEANING_VERSION`,
 deduplication and the split, so changing any of them builds a new entry and never reuses a stale one.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -75,6 +77,8 @@ def prepare_text_corpus(
     with build_lock(cache_dir, f"text-{key}"):
         if (cached := _read(final, key)) is not None:
             return cached
+        if final.exists():  # damaged: _read refused it
+            shutil.rmtree(final)
         started = time.perf_counter()
         documents, source_stats = documents_fn()
         num_paragraphs = sum(len(document.paragraphs) for document in documents)
@@ -127,9 +131,16 @@ def _read_segments(path: Path) -> list[Segment]:
 
 
 def _read(directory: Path, key: str) -> TextCorpus | None:
-    manifest_path = directory / "manifest.json"
-    if not manifest_path.is_file():
+    """The cached text in ``directory``; None if there is none or its files do not match the manifest."""
+    if not (directory / "manifest.json").is_file():
         return None
-    manifest = json.loads(manifest_path.read_text())
-    splits = {split: _read_segments(directory / f"{split}.jsonl") for split in _SPLITS}
+    try:
+        manifest = json.loads((directory / "manifest.json").read_text())
+        paths = {split: directory / f"{split}.jsonl" for split in _SPLITS}
+        if any(file_sha256(paths[split]) != manifest[split]["jsonl_sha256"] for split in _SPLITS):
+            raise ValueError("a split's sha256 differs from the manifest")
+        splits = {split: _read_segments(path) for split, path in paths.items()}
+    except (OSError, ValueError, KeyError) as error:
+        logger.warning("cached text %s is damaged (%s); rebuilding it", directory, error)
+        return None
     return TextCorpus(key=key, directory=directory, manifest=manifest, from_cache=True, **splits)

@@ -22,6 +22,7 @@ __all__ = [
     "END_OF_TEXT",
     "TOKENIZER_VERSION",
     "encode_segments",
+    "load_tokenizer",
     "token_dtype",
     "train_bpe",
     "unigram_entropy",

@@ -23,7 +23,13 @@ def test_short_forms_parse_to_typed_sources_and_dumps_parse_back(tmp_path):
     configs = [
         DataConfig(source="pd-literary"),
         DataConfig(source=[str(tmp_path / "*.txt")]),
-        DataConfig(source={"train": str(tmp_path / "train.npy"), "validation": str(tmp_path / "val.npy"), "dtype": "uint16"}),
+        DataConfig(
+            source={
+                "train": str(tmp_path / "train.npy"),
+                "validation": str(tmp_path / "val.npy"),
+                "dtype": "uint16",
+            }
+        ),
     ]
     assert [type(c.source) for c in configs] == [BuiltinSource, TextSource, TokenSource]
     for config in configs:
@@ -33,11 +39,22 @@ def test_short_forms_parse_to_typed_sources_and_dumps_parse_back(tmp_path):
 @pytest.mark.parametrize(
     ("source", "expected"),
     [
-        (["missing.txt"], r"data\.source\.paths\[0\] \(missing\.txt\) does not exist"),
-        (["{tmp}/a.txt", "{tmp}/*.md"], r"data\.source\.paths\[1\] \(.*/\*\.md\) matches no file"),
-        (["{tmp}/empty_dir"], r"data\.source\.paths\[0\] \(.*empty_dir\) is a directory holding no \.txt or \.md"),
-        ({"paths": []}, r"data\.source\.paths .*at least 1 item"),
-        ("tiny-shakespeare", r"data\.source\.name \('tiny-shakespeare'\): Input should be 'pd-literary'"),
+        (["missing.txt"], r"data\.source\.paths\.0 \(missing\.txt\) does not exist"),
+        (["{tmp}/a.txt", "{tmp}/*.md"], r"data\.source\.paths\.1 \(.*/\*\.md\) matches no file"),
+        (
+            ["{tmp}/empty_dir"],
+            r"data\.source\.paths\.0 \(.*empty_dir\) is a directory holding no \.txt or \.md",
+        ),
+        ({"paths": []}, r"data\.source\.text\.paths \(\[\]\): .*at least 1 item"),
+        (
+            "tiny-shakespeare",
+            r"data\.source\.builtin\.name \('tiny-shakespeare'\): Input should be 'pd-literary'",
+        ),
+        (
+            {"kind": "hub"},
+            r"data\.source \(\{'kind': 'hub'\}\): must be a built-in corpus name \(pd-literary\), a list",
+        ),
+        (3, r"data\.source \(3\): must be a built-in corpus name"),
     ],
 )
 def test_bad_text_sources_name_the_field(tmp_path, source, expected):
@@ -59,8 +76,14 @@ def _token_files(tmp_path, train_dtype="uint16", validation_bytes=None):
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        ({"train_dtype": "uint32"}, r"data\.source\.train \(.*train\.npy\) holds uint32 ids, but data\.source\.dtype is uint16"),
-        ({"validation_bytes": bytes(21)}, r"data\.source\.validation \(.*val\.bin\) has 21 bytes, not a whole number of uint16"),
+        (
+            {"train_dtype": "uint32"},
+            r"data\.source\.train \(.*train\.npy\) holds uint32 ids, but data\.source\.dtype is uint16",
+        ),
+        (
+            {"validation_bytes": bytes(21)},
+            r"data\.source\.validation \(.*val\.bin\) has 21 bytes, not a whole number of uint16",
+        ),
         ({"validation_bytes": bytes(2)}, r"data\.source\.validation \(.*\) holds 1 token\(s\)"),
     ],
 )
@@ -76,19 +99,25 @@ def test_missing_token_file_names_the_field(tmp_path):
 
 
 def test_token_dtype_must_be_unsigned_16_or_32_bit(tmp_path):
-    with pytest.raises(ConfigError, match=r"data\.source.*dtype \('int8'\): Input should be 'uint16' or 'uint32'"):
+    with pytest.raises(
+        ConfigError, match=r"data\.source\.tokens\.dtype \('int8'\): Input should be 'uint16' or 'uint32'"
+    ):
         DataConfig(source={**_token_files(tmp_path), "dtype": "int8"})
 
 
 def test_vocabulary_too_large_for_uint16_ids_is_rejected(tmp_path):
-    with pytest.raises(ConfigError, match=r"data\.vocab_size \(70000\) must be <= 65536 for data\.source\.dtype uint16"):
+    with pytest.raises(
+        ConfigError, match=r"data\.vocab_size \(70000\) must be <= 65536 for data\.source\.dtype uint16"
+    ):
         DataConfig(source={**_token_files(tmp_path), "dtype": "uint16"}, vocab_size=70000)
 
 
 def test_tokenizer_file_with_token_arrays_is_rejected(tmp_path):
     (tmp_path / "tok.json").write_text("{}")
     with pytest.raises(ConfigError, match=r"data\.tokenizer_file .* must be unset for pre-tokenized arrays"):
-        DataConfig(source={**_token_files(tmp_path), "dtype": "uint16"}, tokenizer_file=str(tmp_path / "tok.json"))
+        DataConfig(
+            source={**_token_files(tmp_path), "dtype": "uint16"}, tokenizer_file=str(tmp_path / "tok.json")
+        )
 
 
 def test_missing_tokenizer_file_names_the_field(tmp_path):
@@ -97,7 +126,9 @@ def test_missing_tokenizer_file_names_the_field(tmp_path):
 
 
 def test_a_trained_bpe_needs_room_for_the_byte_alphabet():
-    with pytest.raises(ConfigError, match=r"data\.vocab_size \(256\) must be >= 257 to train a byte-level BPE"):
+    with pytest.raises(
+        ConfigError, match=r"data\.vocab_size \(256\) must be >= 257 to train a byte-level BPE"
+    ):
         DataConfig(vocab_size=256)
 
 

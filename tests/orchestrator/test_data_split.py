@@ -15,7 +15,10 @@ def _corpus(num_documents=40, seed=0):
     return [
         Document(
             f"doc{d}",
-            tuple(f"{d}.{p} " + " ".join(rng.choices(words, k=rng.randint(5, 80))) for p in range(rng.randint(5, 60))),
+            tuple(
+                f"{d}.{p} " + " ".join(rng.choices(words, k=rng.randint(5, 80)))
+                for p in range(rng.randint(5, 60))
+            ),
         )
         for d in range(num_documents)
     ]
