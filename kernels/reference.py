@@ -65,20 +65,26 @@ def mhc_coefficients(
 
 
 def sinkhorn(logits_TNN: Tensor, num_iters: int, convention: str = "paper", eps: float = 1e-6) -> Tensor:
-    """Project logits onto (approximately) doubly stochastic matrices; rows are normalised last (exact)."""
+    """Project logits onto (approximately) doubly stochastic matrices; rows are normalised last (exact).
+
+    The iterations run on a contiguous token-last copy (N, N, T): every row/column sum then reduces over an
+    outer axis with the token axis contiguous, which is ~4× faster on CPU than reducing over a trailing axis
+    of length n (measured at T = 2048, n = 4, forward + backward).
+    """
     if convention == "paper":
-        m_TNN = torch.exp(logits_TNN - logits_TNN.amax(dim=(-2, -1), keepdim=True))
+        m_NNT = torch.exp(logits_TNN - logits_TNN.amax(dim=(-2, -1), keepdim=True)).permute(1, 2, 0).contiguous()
         for _ in range(num_iters):
-            m_TNN = m_TNN / m_TNN.sum(dim=-2, keepdim=True)
-            m_TNN = m_TNN / m_TNN.sum(dim=-1, keepdim=True)
-        return m_TNN
+            m_NNT = m_NNT / m_NNT.sum(dim=0, keepdim=True)  # columns
+            m_NNT = m_NNT / m_NNT.sum(dim=1, keepdim=True)  # rows
+        return m_NNT.permute(2, 0, 1)
     if convention == "deepseek-v4":
-        m_TNN = torch.softmax(logits_TNN.transpose(-2, -1), dim=-2) + eps
-        m_TNN = m_TNN / (m_TNN.sum(dim=-1, keepdim=True) + eps)
+        # logits hold C = H_resᵀ: softmax over C's rows = over H's columns.
+        m_NNT = (torch.softmax(logits_TNN, dim=-1) + eps).permute(2, 1, 0).contiguous()
+        m_NNT = m_NNT / (m_NNT.sum(dim=1, keepdim=True) + eps)
         for _ in range(num_iters - 1):
-            m_TNN = m_TNN / (m_TNN.sum(dim=-2, keepdim=True) + eps)
-            m_TNN = m_TNN / (m_TNN.sum(dim=-1, keepdim=True) + eps)
-        return m_TNN
+            m_NNT = m_NNT / (m_NNT.sum(dim=0, keepdim=True) + eps)
+            m_NNT = m_NNT / (m_NNT.sum(dim=1, keepdim=True) + eps)
+        return m_NNT.permute(2, 0, 1)
     raise ValueError(f"convention ({convention!r}) must be 'paper' or 'deepseek-v4'")
 
 
@@ -111,7 +117,31 @@ def pre_mix(x_TNC: Tensor, h_pre_TN: Tensor) -> Tensor:
     return (_acc(h_pre_TN)[:, :, None] * _acc(x_TNC)).sum(dim=1).to(x_TNC.dtype)
 
 
+class _PostResMix(torch.autograd.Function):
+    """x'_i = Σ_j H_res[i, j] x_j + H_post[i] f with an explicit backward of contiguous batched matmuls.
+
+    Autograd's own backward of `baddbmm` hands `bmm` transposed, non-contiguous operands, which on CPU falls
+    into a per-token loop (~20× slower at T = 2048, n = 4, C = 96). Gradients:
+        ∂x = H_resᵀ g,   ∂H_res = g xᵀ,   ∂H_post[i] = Σ_c g_i f,   ∂f = Σ_i H_post[i] g_i.
+    """
+
+    @staticmethod
+    def forward(ctx, x_TNC: Tensor, f_TC: Tensor, h_post_TN: Tensor, h_res_TNN: Tensor) -> Tensor:
+        ctx.save_for_backward(x_TNC, f_TC, h_post_TN, h_res_TNN)
+        return torch.baddbmm(h_post_TN[:, :, None] * f_TC[:, None, :], h_res_TNN, x_TNC)
+
+    @staticmethod
+    def backward(ctx, grad_TNC: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        x_TNC, f_TC, h_post_TN, h_res_TNN = ctx.saved_tensors
+        grad_TNC = grad_TNC.contiguous()
+        grad_x = torch.bmm(h_res_TNN.transpose(1, 2).contiguous(), grad_TNC)
+        grad_h_res = torch.bmm(grad_TNC, x_TNC.transpose(1, 2).contiguous())
+        grad_h_post = (grad_TNC * f_TC[:, None, :]).sum(dim=-1)
+        grad_f = (grad_TNC * h_post_TN[:, :, None]).sum(dim=1)
+        return grad_x, grad_f, grad_h_post, grad_h_res
+
+
 def post_res_mix(x_TNC: Tensor, f_TC: Tensor, h_post_TN: Tensor, h_res_TNN: Tensor) -> Tensor:
     """Write back: x'_i = Σ_j H_res[i, j] · x_j + H_post[i] · f, accumulated in fp32."""
-    written_TNC = _acc(h_post_TN)[:, :, None] * _acc(f_TC)[:, None, :]
-    return torch.baddbmm(written_TNC, _acc(h_res_TNN), _acc(x_TNC)).to(x_TNC.dtype)
+    out_TNC = _PostResMix.apply(_acc(x_TNC), _acc(f_TC), _acc(h_post_TN), _acc(h_res_TNN))
+    return out_TNC.to(x_TNC.dtype)

@@ -13,7 +13,7 @@ Forward (MHC_SPEC §1.2, the fused form of paper Eqs. 14-18; equal to `kernels.r
 
 One program owns BLOCK_T tokens and walks K in BLOCK_K steps; each x tile is read once and feeds both the
 `tl.dot` into a [BLOCK_T, BLOCK_M] fp32 accumulator and the running Σx². The epilogue writes the three outputs
-plus ``mixes`` and ``ρ`` (M + 1 floats per token, ≈ 0.2% of x's bytes at n = 4) for the backward.
+plus ``mixes`` and ``ρ`` (M + 1 floats per token, ≈ 0.5% of x's bytes at n = 4, C = 2560) for the backward.
 
 Backward. With upstream gradients G_pre, G_post, G_res and s = σ(z):
 
@@ -27,12 +27,12 @@ Backward. With upstream gradients G_pre, G_post, G_res and s = σ(z):
     ∂φ_KM         = x_TKᵀ @ ∂mixes_TM
 
 Two kernels. `_bwd_prep_kernel` does the per-token algebra above (reading the saved mixes and ρ, M + 1 floats
-per token) and writes ∂mixes, ∂q and per-token-block partial sums of ∂b and ∂g. `_bwd_kernel` is the fused pair
-of GEMMs: one program holds a [BLOCK_K, BLOCK_M] tile of φ and of the ∂φ accumulator and walks its share of the
-tokens, so each x tile is read once and serves both ∂x (written immediately) and ∂φ (the paper's "backward
-(two matmuls) is one kernel, so x is not reloaded", MHC_SPEC §5). ∂mixes is re-read once per K block; it is
-M floats per token and stays in L2. Token splits give the GPU enough programs; their partial ∂φ are summed by
-one `torch.sum` (deterministic, no atomics).
+per token) and writes ∂mixes, ∂q and per-token-block partial sums of ∂b and ∂g. `_bwd_kernel` is the fused
+pair of GEMMs: one program holds a [BLOCK_K, BLOCK_M] tile of φ and of the ∂φ accumulator and walks its share
+of the tokens, so each x tile is read once and serves both ∂x (written immediately) and ∂φ (the paper's
+"backward (two matmuls) is one kernel, so x is not reloaded", MHC_SPEC §5). ∂mixes is re-read once per K
+block; it is M floats per token and stays in L2. Token splits give the GPU enough programs; their partial ∂φ
+are summed by one `torch.sum` (deterministic, no atomics).
 """
 
 from __future__ import annotations
@@ -83,7 +83,9 @@ def _fwd_kernel(
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
-        x = tl.load(x_rows + offs_k[None, :], mask=mask_t[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
+        x = tl.load(x_rows + offs_k[None, :], mask=mask_t[:, None] & mask_k[None, :], other=0.0).to(
+            tl.float32
+        )
         phi = tl.load(
             phi_ptr + offs_k[:, None] * stride_pk + offs_m[None, :] * stride_pm,
             mask=mask_k[:, None] & mask_m[None, :],
@@ -140,12 +142,16 @@ def _bwd_prep_kernel(
     dsig = sig * (1.0 - sig)
     g_logits = tl.where(cols < N, g_pre * dsig, tl.where(cols < 2 * N, g_post * 2.0 * dsig, g_res))
 
-    tl.store(g_mixes_ptr + rows * M + cols, g_logits * gate[None, :] * inv_rms[:, None], mask=tmask & (cols < M))
+    tl.store(
+        g_mixes_ptr + rows * M + cols, g_logits * gate[None, :] * inv_rms[:, None], mask=tmask & (cols < M)
+    )
     g_inv_rms = tl.sum(g_logits * mixes * gate[None, :], axis=1)
     g_sumsq = g_inv_rms * (-0.5 / K) * inv_rms * inv_rms * inv_rms
     tl.store(g_sumsq_ptr + offs_t, g_sumsq, mask=mask_t)
     tl.store(part_bias_ptr + pid * M + offs_m, tl.sum(g_logits, axis=0), mask=mask_m)
-    tl.store(part_gate_ptr + pid * M + offs_m, tl.sum(g_logits * mixes * inv_rms[:, None], axis=0), mask=mask_m)
+    tl.store(
+        part_gate_ptr + pid * M + offs_m, tl.sum(g_logits * mixes * inv_rms[:, None], axis=0), mask=mask_m
+    )
 
 
 @triton.jit
@@ -174,7 +180,9 @@ def _bwd_kernel(
         offs_t = t0 + tl.arange(0, BLOCK_T)
         mask_t = offs_t < t_end
         rows = offs_t.to(tl.int64)[:, None]
-        g_mixes = tl.load(g_mixes_ptr + rows * M + offs_m[None, :], mask=mask_t[:, None] & mask_m[None, :], other=0.0)
+        g_mixes = tl.load(
+            g_mixes_ptr + rows * M + offs_m[None, :], mask=mask_t[:, None] & mask_m[None, :], other=0.0
+        )
         g_sumsq = tl.load(g_sumsq_ptr + offs_t, mask=mask_t, other=0.0)
         tile_mask = mask_t[:, None] & mask_k[None, :]
         x = tl.load(x_ptr + rows * stride_xt + offs_k[None, :], mask=tile_mask, other=0.0).to(tl.float32)
@@ -236,8 +244,8 @@ def _coefficients_bwd(
     _bwd_kernel[(triton.cdiv(K, cfg.block_k), num_splits)](
         x_TK, phi_KM, g_mixes_TM, g_sumsq_T, g_x_TK, part_phi_SKM,
         T, K, M, tokens_per_split, x_TK.stride(0), phi_KM.stride(0), phi_KM.stride(1),
-        BLOCK_T=cfg.block_t, BLOCK_K=cfg.block_k, BLOCK_M=cfg.block_m, DOT_PRECISION=dot_precision(x_TK.dtype),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        BLOCK_T=cfg.block_t, BLOCK_K=cfg.block_k, BLOCK_M=cfg.block_m,
+        DOT_PRECISION=dot_precision(x_TK.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
 
     g_phi_KM = part_phi_SKM.sum(dim=0).to(phi_KM.dtype)
@@ -275,22 +283,28 @@ def mhc_coefficients(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Coefficients of one mHC / mHC-lite connection, as `kernels.reference.mhc_coefficients`.
 
-    Returns fp32 ``(h_pre_TN, h_post_TN, res_logits_TR)``. x may be fp32, bf16 or fp16; φ, α and b any of those.
-    A copy is made only when x's last dimension is not contiguous.
+    Returns fp32 ``(h_pre_TN, h_post_TN, res_logits_TR)``. x may be fp32, bf16 or fp16; φ, α and b any of
+    those. A copy is made only when x's last dimension (or α, b) is not contiguous; φ may have any strides.
     """
     check_streams(n)
     for name, tensor in (("x_TK", x_TK), ("phi_KM", phi_KM), ("alpha_3", alpha_3), ("bias_M", bias_M)):
         check_dtype(name, tensor)
     check_device(x_TK=x_TK, phi_KM=phi_KM, alpha_3=alpha_3, bias_M=bias_M)
     if x_TK.dim() != 2 or phi_KM.dim() != 2 or phi_KM.shape[0] != x_TK.shape[1]:
-        raise ValueError(f"x_TK {tuple(x_TK.shape)} and phi_KM {tuple(phi_KM.shape)} must be (T, K) and (K, M)")
+        raise ValueError(
+            f"x_TK {tuple(x_TK.shape)} and phi_KM {tuple(phi_KM.shape)} must be (T, K) and (K, M)"
+        )
     K, M = phi_KM.shape
-    if K % n or M <= 2 * n:
+    if K % n or 2 * n >= M:
         raise ValueError(f"phi_KM {tuple(phi_KM.shape)} must be (n·C, 2n + R) with R >= 1 for n = {n}")
     if M > MAX_COEFFICIENT_COLUMNS:
         raise ValueError(f"{M} coefficient columns exceed the Triton kernels' {MAX_COEFFICIENT_COLUMNS}")
     if alpha_3.shape != (3,) or bias_M.shape != (M,):
-        raise ValueError(f"alpha_3 {tuple(alpha_3.shape)} must be (3,) and bias_M {tuple(bias_M.shape)} ({M},)")
+        raise ValueError(
+            f"alpha_3 {tuple(alpha_3.shape)} must be (3,) and bias_M {tuple(bias_M.shape)} ({M},)"
+        )
     if x_TK.stride(-1) != 1:
         x_TK = x_TK.contiguous()
-    return _Coefficients.apply(x_TK, phi_KM, alpha_3, bias_M, n, float(eps), float(pre_eps))
+    return _Coefficients.apply(
+        x_TK, phi_KM, alpha_3.contiguous(), bias_M.contiguous(), n, float(eps), float(pre_eps)
+    )

@@ -1,26 +1,29 @@
 """Shared plumbing of the Triton mHC kernels: launch heuristics, input checks, output allocation, test hooks.
 
 Every launcher in `kernels.triton_coefficients`, `kernels.triton_sinkhorn` and `kernels.triton_mix` asks
-`launch_config` for its block sizes and warp count, so the tuning lives in one place. The heuristics are written
-for an H100/H200 (132 SMs, 228 KiB shared memory per SM) and bf16 activations, and follow two rules:
+`launch_config` for its block sizes and warp count, so the tuning lives in one place. The heuristics are
+written for an H100/H200 (132 SMs, 228 KiB shared memory per SM) and bf16 activations, and follow two rules:
 
 - The memory-bound mixing kernels hold [NP, BLOCK_T, BLOCK_C] tiles (NP = n padded to a power of two) of 8192
-  elements (32 fp32 registers per thread per tile at 8 warps), contiguous along C so that each warp reads whole
-  128-byte lines, and launch thousands of programs at 16k tokens.
-- The coefficient GEMM is skinny (M = 2n + n² = 24 columns at n = 4): its cost is streaming x once, so one program
-  owns a block of tokens and walks K = n·C; the backward walks tokens for one block of K (see its module).
+  elements (32 fp32 registers per thread per tile at 8 warps), contiguous along C so that each warp reads
+  whole 128-byte lines, and launch thousands of programs at 16k tokens.
+- The coefficient GEMM is skinny (M = 2n + n² = 24 columns at n = 4): its cost is streaming x once, so one
+  program owns a block of tokens and walks K = n·C; the backward walks tokens for one block of K (see its
+  module).
 
-Register counts quoted below come from compiling every kernel for sm_90 on a CPU machine (`triton.compile` with
-`GPUTarget("cuda", 90, 32)` and the ptxas bundled with the triton wheel), not from a GPU run.
+The register budgets behind these choices come from building every kernel for sm_90 on a CPU machine
+(`python -m kernels.triton_aot`: the real compiler and the ptxas bundled with the triton wheel), not from
+timings: no GPU run exists yet (benchmarks/KERNELS.md).
 
-Block sizes are capped at the (power-of-two rounded) problem size so that small problems, such as the parity tests
-under ``TRITON_INTERPRET=1``, do not launch mostly-masked tiles. `override_launch` lets tests force small blocks
-(and several K-splits) so that every tail mask and multi-program path runs on CPU; `poison_outputs` makes every
-buffer the launchers allocate start as NaN, so an element a kernel forgets to write fails the parity test.
+Block sizes are capped at the (power-of-two rounded) problem size so that small problems, such as the parity
+tests under ``TRITON_INTERPRET=1``, do not launch mostly-masked tiles. `override_launch` lets tests force
+small blocks (and several K-splits) so that every tail mask and multi-program path runs on CPU;
+`poison_outputs` makes every buffer the launchers allocate start as NaN, so an element a kernel forgets to
+write fails the parity test.
 
-`tl.dot` precision: 16-bit x is exact in TF32, so the coefficient GEMM runs in TF32 against an fp32 φ as in the
-paper (MHC_SPEC §5: "bf16 x converted to fp32, TF32 against fp32 φ"); fp32 x uses the 3×TF32 split, which keeps
-fp32 accuracy on tensor cores.
+`tl.dot` precision: 16-bit x is exact in TF32, so the coefficient GEMM runs in TF32 against an fp32 φ as in
+the paper (MHC_SPEC §5: "bf16 x converted to fp32, TF32 against fp32 φ"); fp32 x uses the 3×TF32 split, which
+keeps fp32 accuracy on tensor cores.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import torch
 import triton
 
 __all__ = [
+    "MAX_COEFFICIENT_COLUMNS",
     "MAX_STREAMS",
     "SUPPORTED_DTYPES",
     "LaunchConfig",
@@ -52,9 +56,9 @@ __all__ = [
 # Streams the kernels support: n is a compile-time constant padded to a power of two inside the kernels.
 MAX_STREAMS = 8
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-# The largest coefficient row one program holds: 2n + n² = 80 at n = 8 (mHC); mHC-lite's 2n + n! fits up to n = 6.
+# The largest coefficient row one program holds: 2n + n² = 80 at n = 8 (mHC); mHC-lite's 2n + n! up to n = 6.
 MAX_COEFFICIENT_COLUMNS = 1024
-# SM count assumed when no CUDA device is visible (interpreter runs): only affects the K-split of one backward.
+# SM count assumed without a CUDA device (interpreter runs); it only sets the coefficient backward's K-split.
 _DEFAULT_NUM_SMS = 4
 
 _LAUNCH_OVERRIDES: dict[str, int] = {}
@@ -113,8 +117,8 @@ def launch_config(
     """Launch heuristics of every mHC kernel (the single place to tune them).
 
     ``op``: coefficients_fwd | coefficients_prep | coefficients_bwd | sinkhorn_fwd | sinkhorn_bwd | mix_fwd |
-    mix_bwd. ``width`` is C for the mixing kernels and K = n·C for the coefficient kernels; ``num_cols`` is the
-    coefficient row length M = 2n + R.
+    mix_bwd. ``width`` is C for the mixing kernels and K = n·C for the coefficient kernels; ``num_cols`` is
+    the coefficient row length M = 2n + R.
     """
     np_ = _pow2(n)
     tokens_pow2 = _pow2(num_tokens)
@@ -127,7 +131,9 @@ def launch_config(
         block_k = max(16, min(block, _pow2(width)))
         config = LaunchConfig(block_t=block_t, block_k=block_k, block_m=block_m, num_warps=8, num_stages=3)
         if op == "coefficients_prep":
-            config = LaunchConfig(block_t=max(1, min(2048 // block_m, tokens_pow2)), block_m=block_m, num_warps=4)
+            config = LaunchConfig(
+                block_t=max(1, min(2048 // block_m, tokens_pow2)), block_m=block_m, num_warps=4
+            )
         if op == "coefficients_bwd":
             # Enough (K block, token split) programs to fill the GPU twice; each split writes a partial dφ.
             k_blocks = triton.cdiv(width, block_k)
@@ -135,8 +141,8 @@ def launch_config(
             splits = max(1, min(t_blocks, triton.cdiv(2 * _num_sms(device or torch.device("cpu")), k_blocks)))
             config = dataclasses.replace(config, num_splits=splits)
     elif op in ("sinkhorn_fwd", "sinkhorn_bwd"):
-        # One token's n×n matrix lives in registers, about 4 entries per thread: the backward is a long chain of
-        # dependent divisions and reductions (≈ 300 steps at t = 20), so it wants many resident warps, not ILP.
+        # One token's n×n matrix lives in registers, about 4 entries per thread: the backward is a long chain
+        # of dependent divisions and reductions (≈ 300 steps at t = 20), so it wants many resident warps.
         block_t = max(1, min(512 // (np_ * np_), tokens_pow2))
         config = LaunchConfig(block_t=block_t, num_warps=max(1, min(4, block_t * np_ * np_ // 128)))
     elif op in ("mix_fwd", "mix_bwd"):
@@ -190,7 +196,7 @@ def new_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device)
 
 
 def dot_precision(dtype: torch.dtype) -> str:
-    """`tl.dot` input precision for a GEMM whose activation operand has ``dtype`` (see the module docstring)."""
+    """`tl.dot` input precision for a GEMM whose activation operand has ``dtype`` (see the module doc)."""
     return "tf32x3" if dtype == torch.float32 else "tf32"
 
 
@@ -216,7 +222,7 @@ def check_device(**tensors: torch.Tensor) -> torch.device:
         raise ValueError(f"the inputs of one mHC op must share a device; got {listed}")
     if device.type != "cuda" and not kernels_interpreted():
         raise RuntimeError(
-            f"Triton kernels got tensors on {device}: they need a CUDA device, or TRITON_INTERPRET=1 set before "
-            "kernels.triton_ops is first imported (CPU parity tests); use kernel_backend: torch on CPU"
+            f"Triton kernels got tensors on {device}: they need a CUDA device, or TRITON_INTERPRET=1 set "
+            "before kernels.triton_ops is first imported (CPU parity tests); use kernel_backend: torch on CPU"
         )
     return device

@@ -1,14 +1,14 @@
 """Triton Sinkhorn-Knopp projection with a backward that recomputes the iterations from the logits alone.
 
-Shape legend: T tokens, N streams (n), NP = n padded to a power of two; one token's n×n matrix is a [NP, NP] slice
-of a [BLOCK_T, NP, NP] register tile (padding entries are 0 and are never divided by 0).
+Shape legend: T tokens, N streams (n), NP = n padded to a power of two; one token's n×n matrix is a [NP, NP]
+slice of a [BLOCK_T, NP, NP] register tile (padding entries are 0 and are never divided by 0).
 
 Forward (MHC_SPEC §2, §1.3; equal to `kernels.reference.sinkhorn`). The kernels work on the matrix in the
 orientation that left-multiplies the streams, H[i, j]; a sequence of S normalisation steps follows a start M⁰:
 
-    paper:        M⁰ = exp(L − max L);                      S = 2t steps: columns, rows, columns, rows, …
-    deepseek-v4:  M⁰ = softmax_i(Lᵀ)[i, j] + ε, i.e. the     S = 2t − 1 steps: rows, then (t − 1) × (columns, rows)
-                  stored logits are Hᵀ, read transposed       (t = 0 behaves as t = 1, as in the reference)
+    paper:        M⁰ = exp(L − max L);                     S = 2t steps: columns, rows, columns, rows, …
+    deepseek-v4:  M⁰ = softmax_i(Lᵀ)[i, j] + ε, i.e. the    S = 2t − 1 steps: rows, (t − 1) × (columns, rows)
+                  stored logits are Hᵀ, read transposed      (t = 0 behaves as t = 1, as in the reference)
 
 A step divides every entry by its column (or row) sum plus ε (ε = 0 for 'paper', which has no floor):
 y = x / d with d = s + ε, s = Σ x along the normalised axis. The last step normalises rows (forward gain 1).
@@ -29,9 +29,9 @@ The start's backward:
                   normalisation step follows, since those are invariant to a global scale)
     deepseek-v4:  P = softmax over i, M⁰ = P + ε:  g_Lᵀ = P ⊙ (g − Σ_i(g ⊙ P)), written back transposed.
 
-This is exact reverse-mode differentiation of the truncated iteration, the same gradient autograd gives for the
-reference's unrolled loop, as in the paper's kernel ("recomputes the intermediate results on-chip and traverses
-the entire iteration", §4.3.1) and TileKernels' `sinkhorn_kernel`.
+This is exact reverse-mode differentiation of the truncated iteration, the same gradient autograd gives for
+the reference's unrolled loop, as in the paper's kernel ("recomputes the intermediate results on-chip and
+traverses the entire iteration", §4.3.1) and TileKernels' `sinkhorn_kernel`.
 """
 
 from __future__ import annotations
@@ -199,12 +199,15 @@ def _sinkhorn_fwd(logits_TNN: Tensor, num_iters: int, convention: str, eps: floa
         _fwd_kernel[(triton.cdiv(T, cfg.block_t),)](
             logits_TNN, out_TNN, T, *_strides(logits_TNN, deepseek), _num_steps(num_iters, convention),
             eps if deepseek else 0.0,
-            N=n, NP=triton.next_power_of_2(n), BLOCK_T=cfg.block_t, DEEPSEEK=deepseek, num_warps=cfg.num_warps,
+            N=n, NP=triton.next_power_of_2(n), BLOCK_T=cfg.block_t, DEEPSEEK=deepseek,
+            num_warps=cfg.num_warps,
         )  # fmt: skip
     return out_TNN
 
 
-def _sinkhorn_bwd(logits_TNN: Tensor, g_out_TNN: Tensor, num_iters: int, convention: str, eps: float) -> Tensor:
+def _sinkhorn_bwd(
+    logits_TNN: Tensor, g_out_TNN: Tensor, num_iters: int, convention: str, eps: float
+) -> Tensor:
     T, n, _ = logits_TNN.shape
     deepseek = convention == "deepseek-v4"
     g_logits_TNN = new_output((T, n, n), logits_TNN.dtype, logits_TNN.device)
@@ -235,7 +238,7 @@ class _Sinkhorn(torch.autograd.Function):
 
 
 def sinkhorn(logits_TNN: Tensor, num_iters: int, convention: str = "paper", eps: float = 1e-6) -> Tensor:
-    """Sinkhorn-Knopp projection, as `kernels.reference.sinkhorn` (any leading dims; fp32 math, input dtype out).
+    """Sinkhorn-Knopp projection as `kernels.reference.sinkhorn`: any leading dims, fp32 math and out dtype.
 
     Only the logits are saved for the backward, which recomputes the iterations in registers.
     """
