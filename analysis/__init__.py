@@ -1,4 +1,4 @@
-"""analysis: scaling-law fits with bootstrap uncertainty and rollout extrapolation checks (numpy/scipy/Polars only).
+"""analysis: scaling-law fits, bootstrap uncertainty and rollout extrapolation checks (numpy/scipy/Polars).
 
 - `fits`: the Chinchilla surface L(N, D) and the compute law L(C), fitted Chinchilla's way (log-space Huber,
   L-BFGS-B from a grid of starts).

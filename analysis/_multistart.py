@@ -1,19 +1,22 @@
 """SciPy's L-BFGS-B from many starting points at once, with one vectorised objective call per round.
 
-`scipy.optimize.minimize(method="L-BFGS-B")` runs one start at a time and spends most of each evaluation in Python
-wrappers; from the 4,500 starts of the Chinchilla grid that is about a minute per fit. L-BFGS-B itself is a
-reverse-communication routine: SciPy's `_lbfgsb.setulb` returns whenever it needs f and ∇f at a new x. Here every
-start keeps its own workspace and all starts are stepped in lock-step, so each round evaluates the objective for all
-starts that asked for it in one numpy call. The iterates are exactly those of `minimize(..., method="L-BFGS-B",
-jac=True)` with the same options (tests/analysis/test_fits.py checks this); only the bookkeeping is batched.
+`scipy.optimize.minimize(method="L-BFGS-B")` runs one start at a time and spends most of each evaluation in
+Python wrappers: from the 4,500 starts of the Chinchilla grid, about a minute per fit. L-BFGS-B itself is a
+reverse-communication routine: SciPy's `_lbfgsb.setulb` returns whenever it needs f and ∇f at a new x. Here
+every start keeps its own workspace and all starts are stepped in lock-step, so each round evaluates the
+objective for every start that asked, in one numpy call. The iterates are bit-for-bit those of
+`minimize(..., method="L-BFGS-B", jac=True)` with the same options (tests/analysis/test_fits.py checks
+this); only the bookkeeping is batched.
 
-`setulb` is private SciPy API; its signature changed in SciPy 1.15 (the Fortran-to-C port). Where it is missing or
-behaves differently we fall back to one `minimize` call per start -- same result, several times slower -- and warn
-once. Only unbounded problems are needed here, so bounds are not exposed.
+`setulb` is private SciPy API; its signature changed in SciPy 1.15 (the Fortran-to-C port). Where it is
+missing or misbehaves (probed once on a quadratic) we fall back to one `minimize` call per start -- same
+results, several times slower -- with a warning. Only unbounded problems are needed here, so bounds are not
+exposed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
 from collections.abc import Callable
@@ -21,12 +24,11 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import optimize
-from threadpoolctl import threadpool_limits
 
 __all__ = ["BatchObjective", "LbfgsbOptions", "MultiStartResult", "minimize_many"]
 
 BatchObjective = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
-"""`(x_SP, rows_S) -> (f_S, grad_SP)`: objective and gradient at S points; `rows` are the problems' indices."""
+"""`(x_SP, rows_S) -> (f_S, grad_SP)`: objective and gradient at S points; `rows` are the starts' indices."""
 
 # setulb's task codes (scipy/optimize/_lbfgsb_py.py, status_messages / task_messages).
 _TASK_NEW_X, _TASK_FG, _TASK_CONVERGENCE, _TASK_STOP = 1, 3, 4, 5
@@ -35,7 +37,7 @@ _STOP_MAXFUN, _STOP_MAXITER = 502, 504
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LbfgsbOptions:
-    """L-BFGS-B stopping rules and memory; the defaults are SciPy's (`scipy.optimize.minimize` L-BFGS-B options)."""
+    """L-BFGS-B stopping rules and memory; the defaults are SciPy's `minimize(method="L-BFGS-B")` ones."""
 
     ftol: float = 2.2204460492503131e-09
     """Stop when (f_k - f_{k+1}) / max(|f_k|, |f_{k+1}|, 1) <= ftol."""
@@ -66,24 +68,34 @@ class MultiStartResult:
 
 
 def minimize_many(
-    fg: BatchObjective, x0: np.ndarray, options: LbfgsbOptions = LbfgsbOptions()
+    fg: BatchObjective, x0: np.ndarray, options: LbfgsbOptions | None = None
 ) -> MultiStartResult:
-    """Minimise one objective per row of `x0` (S starts of dimension P) with L-BFGS-B; see the module docstring."""
+    """Minimise from each row of `x0` (S starts of dimension P) with L-BFGS-B; see the module docstring."""
     x0 = np.array(x0, dtype=np.float64, ndmin=2)
-    # L-BFGS-B's dense algebra is on (2·maxcor)² matrices: BLAS threads only add overhead, and on a loaded machine
-    # OpenBLAS's spinning workers slow each setulb call ~50x (measured on 2 shared cores). One thread, then.
-    with threadpool_limits(limits=1, user_api="blas"):
+    options = LbfgsbOptions() if options is None else options
+    with _one_blas_thread():
         return _minimize(fg, x0, options)
+
+
+def _one_blas_thread() -> contextlib.AbstractContextManager:
+    """L-BFGS-B's dense algebra is on (2·maxcor)² matrices, so BLAS threads only add overhead; on a loaded
+    machine OpenBLAS's spinning workers made each setulb call ~50x slower (measured on 2 shared cores).
+    threadpoolctl comes with scikit-learn (an MLflow dependency); without it fits are only slower."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _minimize(fg: BatchObjective, x0: np.ndarray, options: LbfgsbOptions) -> MultiStartResult:
     if _lockstep_works():
         return _minimize_lockstep(fg, x0, options)
     warnings.warn(
-        "analysis: SciPy's private L-BFGS-B routine (scipy.optimize._lbfgsb.setulb) is missing or has a signature "
-        f"this module does not know (SciPy {_scipy_version()}), so multi-start fits fall back to one "
-        "scipy.optimize.minimize call per start: same results, several times slower. Install SciPy >= 1.15 to "
-        "silence this.",
+        "analysis: SciPy's private L-BFGS-B routine (scipy.optimize._lbfgsb.setulb) is missing or has a "
+        f"signature this module does not know (SciPy {_scipy_version()}), so multi-start fits fall back to "
+        "one scipy.optimize.minimize call per start: same results, several times slower. Install "
+        "SciPy >= 1.15 to silence this.",
         RuntimeWarning,
         stacklevel=3,
     )
@@ -91,7 +103,7 @@ def _minimize(fg: BatchObjective, x0: np.ndarray, options: LbfgsbOptions) -> Mul
 
 
 def _minimize_lockstep(fg: BatchObjective, x0: np.ndarray, options: LbfgsbOptions) -> MultiStartResult:
-    """Drive one `setulb` workspace per start, batching the f/∇f requests of each round (mirrors `_minimize_lbfgsb`)."""
+    """One `setulb` workspace per start, f/∇f requests batched per round (as SciPy's `_minimize_lbfgsb`)."""
     from scipy.optimize import _lbfgsb
 
     num_starts, dim = x0.shape
@@ -113,7 +125,7 @@ def _minimize_lockstep(fg: BatchObjective, x0: np.ndarray, options: LbfgsbOption
     num_evaluations = np.zeros(num_starts, np.int64)
 
     setulb, gtol, maxls = _lbfgsb.setulb, options.gtol, options.maxls
-    # Row views made once: setulb is called ~100 times per start and slicing nine arrays each time costs as much.
+    # Row views made once: setulb runs ~150 times per start, and slicing nine arrays per call costs as much.
     rows_of = [list(a) for a in (x, g, wa, iwa, task, lsave, isave, dsave, ln_task)]
     views = list(zip(*rows_of, strict=True))
     pending = range(num_starts)
@@ -122,8 +134,8 @@ def _minimize_lockstep(fg: BatchObjective, x0: np.ndarray, options: LbfgsbOption
         for s in pending:
             x_s, g_s, wa_s, iwa_s, task_s, lsave_s, isave_s, dsave_s, ln_task_s = views[s]
             while True:
-                setulb(m, x_s, lower, upper, nbd, f[s], g_s, factr, gtol, wa_s, iwa_s, task_s, lsave_s, isave_s,
-                       dsave_s, maxls, ln_task_s)  # fmt: skip
+                setulb(m, x_s, lower, upper, nbd, f[s], g_s, factr, gtol, wa_s, iwa_s, task_s, lsave_s,
+                       isave_s, dsave_s, maxls, ln_task_s)  # fmt: skip
                 code = task_s[0]
                 if code == _TASK_FG:
                     asking.append(s)
@@ -141,7 +153,9 @@ def _minimize_lockstep(fg: BatchObjective, x0: np.ndarray, options: LbfgsbOption
         f[rows], g[rows] = fg(x[rows], rows)
         num_evaluations[rows] += 1
         pending = asking
-    return MultiStartResult(x=x, fun=f, converged=task[:, 0] == _TASK_CONVERGENCE, num_iterations=num_iterations)
+    return MultiStartResult(
+        x=x, fun=f, converged=task[:, 0] == _TASK_CONVERGENCE, num_iterations=num_iterations
+    )
 
 
 def _minimize_each(fg: BatchObjective, x0: np.ndarray, options: LbfgsbOptions) -> MultiStartResult:

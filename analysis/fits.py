@@ -1,28 +1,34 @@
-"""Scaling-law fits: the Chinchilla surface L(N, D) and the compute law L(C), fitted the way Chinchilla fitted them.
+"""Scaling-law fits: the Chinchilla surface L(N, D) and the compute law L(C), fitted the Chinchilla way.
 
-Both laws are a floor plus power laws, L = E + Σ_k A_k·x_k^(−α_k) (Chinchilla, eq. 2: x = (N, D), A_k = (A, B),
-α_k = (α, β); the compute law: x = (C,)). They are fitted in log space with the log-sum-exp parametrisation
-(Hoffmann et al. 2022, "Training Compute-Optimal Large Language Models", §3.3 and App. D.2):
+Both laws are a floor plus power laws, L = E + Σ_k A_k·x_k^(−α_k) (Chinchilla's surface: x = (N, D),
+A_k = (A, B), α_k = (α, β); the compute law: x = (C,)). They are fitted in log space with the log-sum-exp
+parametrisation (Hoffmann et al. 2022, "Training Compute-Optimal Large Language Models", §3.3, App. D):
 
     log L̂_i = LSE(a_1 − α_1·log x_i1, …, a_K − α_K·log x_iK, e),     A_k = exp(a_k),  E = exp(e),
     minimise  f(θ) = Σ_i c_i · Huber_δ(log L_i − log L̂_i),   δ = 1e-3,
 
-from every start of a grid (Chinchilla's: a, b ∈ {0, 5, …, 25}, e ∈ {−1, −0.5, …, 1}, α, β ∈ {0, 0.5, …, 2}) with
-L-BFGS-B, keeping the best end point among the starts that converged. c_i are point weights: 1 for a plain fit,
-resample counts in the bootstrap (analysis/bootstrap.py). θ is ordered (a_1…a_K, e, α_1…α_K): (a, b, e, α, β) for
-the Chinchilla surface as in Chinchilla and in Epoch AI's replication (Besiroglu et al. 2024, "Chinchilla Scaling:
-A replication attempt"), whose numbers tests/analysis/test_fits.py reproduces.
+with L-BFGS-B from every start of a grid (Chinchilla's: a, b ∈ {0, 5, …, 25}, e ∈ {−1, −0.5, …, 1},
+α, β ∈ {0, 0.5, …, 2}), keeping the best end point among the starts that converged. c_i are point
+weights: 1 in a plain fit, resample counts in the bootstrap (analysis/bootstrap.py). θ is ordered
+(a_1…a_K, e, α_1…α_K), i.e. (a, b, e, α, β) for the surface as in Chinchilla and in Epoch AI's replication
+(Besiroglu et al. 2024, "Chinchilla Scaling: A replication attempt"), whose numbers
+tests/analysis/test_fits.py reproduces.
 
-Gradient. With z_ik the LSE arguments, w_ik = softmax_k(z_i) (the e term is k = K+1), r_i = log L_i − log L̂_i and
-ψ(r) = clip(r, −δ, δ) the derivative of Huber_δ:
+Gradient. With z_ik the LSE arguments, w_ik = softmax_k(z_i) (the e term is k = K+1), r_i = log L_i − log L̂_i
+and ψ(r) = clip(r, −δ, δ) the derivative of Huber_δ:
 
-    ∂f/∂a_k = −Σ_i c_i ψ(r_i) w_ik,    ∂f/∂e = −Σ_i c_i ψ(r_i) w_i,K+1,    ∂f/∂α_k = Σ_i c_i ψ(r_i) w_ik log x_ik.
+    ∂f/∂a_k = −Σ_i c_i ψ(r_i) w_ik,    ∂f/∂e = −Σ_i c_i ψ(r_i) w_i,K+1,
+    ∂f/∂α_k = Σ_i c_i ψ(r_i) w_ik log x_ik.
 
-The objective is C¹ (Huber is), so L-BFGS-B with this analytic gradient behaves; all starts run in lock-step
-(analysis/_multistart.py), which takes the 4,500-start grid from about a minute to a few seconds.
+Huber is C¹, so L-BFGS-B with this analytic gradient behaves. Two choices beyond Chinchilla's recipe:
+- The optimiser sees f/δ² (see `_batch_objective`): SciPy's ftol test is relative to max(|f|, 1), and f ~ 1e-3
+  on real data made it an absolute test that stopped runs before they had converged.
+- All starts run in lock-step (analysis/_multistart.py) with one vectorised objective call per round:
+  the 4,500-start grid takes seconds instead of a minute, with the same iterates as one
+  `scipy.optimize.minimize` call per start.
 
-Inputs are numpy arrays (anything `np.asarray` takes, a Polars Series included) or, with `data=`, names of columns
-of a Polars DataFrame.
+Inputs are numpy arrays (anything `np.asarray` takes, a Polars Series included) or, with `data=`, names of
+columns of a Polars DataFrame.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
-from analysis._multistart import BatchObjective, LbfgsbOptions, minimize_many
+from analysis._multistart import BatchObjective, minimize_many
 
 __all__ = [
     "HUBER_DELTA",
@@ -54,26 +60,31 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 HUBER_DELTA = 1e-3
-"""Huber threshold on log-loss residuals (Hoffmann et al. 2022, App. D.2)."""
+"""Huber threshold on log-loss residuals (Hoffmann et al. 2022, App. D)."""
 
 ArrayOrColumn = npt.ArrayLike | str
 """Values (array-like, Polars Series) or, when a `data=` frame is given, the name of one of its columns."""
 
-# Points x starts per objective call: bounds the (K+1) x S x P temporaries to ~25 MB whatever the batch size.
-_MAX_ELEMENTS_PER_CALL = 1 << 20
+# Points x starts per objective call: 64 KB per temporary, below glibc's 128 KB mmap threshold, so the
+# temporaries come from the heap and stay in cache. At 128 KB and up every temporary was a fresh mmap and a
+# third of a Chinchilla-grid fit went to page faults (measured: 9 s instead of 14-20 s on 2 shared cores).
+_MAX_ELEMENTS_PER_CALL = 1 << 13
 # End points closer than this (max-norm in θ) are one local optimum when listing the distinct ones.
 _DISTINCT_OPTIMUM_TOL = 0.05
-# Distinct local optima kept on a fit: the bootstrap's warm starts come from these.
+# Local optima kept on a fit (the bootstrap warm-starts from them): at most this many, and only those whose
+# objective is within this factor of the best -- reweighting a resample's points does not make a basin twice
+# as bad the best one, while degenerate basins (a power-law term switched off, α → large) only cost time.
 _NUM_LOCAL_OPTIMA_KEPT = 8
+_LOCAL_OPTIMUM_MAX_RATIO = 2.0
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # The law: E + Σ_k A_k x_k^(−α_k) in the log-sum-exp parametrisation.
 
 
 @dataclass(frozen=True, slots=True)
 class _Law:
-    """Names and θ layout of one law; θ = (a_1…a_K, e, α_1…α_K), reported parameters = (E, A_1…A_K, α_1…α_K)."""
+    """Names and θ layout of one law: θ = (a_1…a_K, e, α_1…α_K); reported as (E, A_1…A_K, α_1…α_K)."""
 
     inputs: tuple[str, ...]
     coefficients: tuple[str, ...]
@@ -90,11 +101,13 @@ class _Law:
     def params_from_theta(self, theta: np.ndarray) -> np.ndarray:
         """(…, 2K+1) θ -> (…, 2K+1) reported parameters in `param_names` order."""
         k = self.num_terms
-        return np.concatenate([np.exp(theta[..., k : k + 1]), np.exp(theta[..., :k]), theta[..., k + 1 :]], axis=-1)
+        e, coefficients, exponents = theta[..., k : k + 1], theta[..., :k], theta[..., k + 1 :]
+        return np.concatenate([np.exp(e), np.exp(coefficients), exponents], axis=-1)
 
     def theta_from_params(self, params: np.ndarray) -> np.ndarray:
         k = self.num_terms
-        return np.concatenate([np.log(params[..., 1 : k + 1]), np.log(params[..., :1]), params[..., k + 1 :]], axis=-1)
+        floor, coefficients, exponents = params[..., :1], params[..., 1 : k + 1], params[..., k + 1 :]
+        return np.concatenate([np.log(coefficients), np.log(floor), exponents], axis=-1)
 
 
 CHINCHILLA = _Law(inputs=("N", "D"), coefficients=("A", "B"), exponents=("alpha", "beta"))
@@ -132,19 +145,25 @@ def _huber_objective(
     psi /= total  # folds the softmax normalisation into ψ
     grad = np.empty_like(theta)
     grad[:, : k + 1] = -np.einsum("ksp,sp->sk", z, psi)
-    grad[:, k + 1 :] = np.einsum("ksp,sp,kp->sk", z[:k], psi, log_x)
+    z[:k] *= psi
+    grad[:, k + 1 :] = np.einsum("ksp,kp->sk", z[:k], log_x)
     return huber.sum(axis=1), grad
 
 
 def _batch_objective(
-    log_x: np.ndarray, log_loss: np.ndarray, weights: np.ndarray | None, delta: float, rows_per_weight: int = 1
+    log_x: np.ndarray,
+    log_loss: np.ndarray,
+    weights: np.ndarray | None,
+    delta: float,
+    rows_per_weight: int = 1,
 ) -> BatchObjective:
-    """The `BatchObjective` for `minimize_many`: f/δ², with problem s weighted by weights[s // rows_per_weight].
+    """The `BatchObjective` for `minimize_many`: f/δ², problem s weighted by weights[s // rows_per_weight].
 
-    Why f/δ² = Σ_i c_i ρ(r_i/δ) (ρ the unit Huber function) rather than f: L-BFGS-B's ftol test is relative to
-    max(|f|, 1), and f is ~1e-3 on real data, so with f the test is absolute and stops runs that have barely moved
-    (bootstrap fits warm-started at the full-data optimum stayed there: Chinchilla's SE(α) came out 0.0005 instead of
-    ~0.015). In units of δ² the objective is ~|r|/δ per point, and SciPy's default tolerances mean what they say.
+    Why f/δ² = Σ_i c_i ρ(r_i/δ) (ρ the unit Huber function) and not f: L-BFGS-B's ftol test is relative to
+    max(|f|, 1), and f is ~1e-3 on real data, so with f the test is absolute and stops runs that have
+    barely moved (bootstrap fits warm-started at the full-data optimum stayed there: Chinchilla's SE(α) came
+    out 0.0005 instead of ~0.015). In units of δ² the objective is ~|r|/δ per point and SciPy's default
+    tolerances hold.
     """
     chunk = max(1, _MAX_ELEMENTS_PER_CALL // log_loss.size)
     scale = 1.0 / delta**2
@@ -160,7 +179,7 @@ def _batch_objective(
     return fg
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # Results.
 
 
@@ -185,7 +204,8 @@ class ScalingLawFit:
     delta: float
     """Huber threshold used."""
     local_optima: tuple[tuple[float, ...], ...]
-    """Distinct converged end points as θ (see `theta`), best first (the first is this fit); up to 8."""
+    """Distinct converged end points as θ (see `theta`), best first (the first is this fit): up to 8,
+    within a factor 2 of the best objective. Several mean competing basins; the bootstrap starts from them."""
 
     @property
     def param_names(self) -> tuple[str, ...]:
@@ -202,13 +222,21 @@ class ScalingLawFit:
         """The fitted point in log-sum-exp coordinates (a_1…a_K, e, α_1…α_K), e.g. (a, b, e, α, β)."""
         return self.law.theta_from_params(np.array([getattr(self, n) for n in self.law.param_names]))
 
+    def __repr__(self) -> str:
+        params = ", ".join(f"{name}={value:.6g}" for name, value in self.params.items())
+        return (
+            f"{type(self).__name__}({params}; objective={self.objective:.6g}, r2_log={self.r2_log:.6g}, "
+            f"converged={self.converged}, starts_converged={self.num_starts_converged}/{self.num_starts}, "
+            f"num_points={self.num_points}, delta={self.delta:g})"
+        )
+
     def _predict(self, *x: npt.ArrayLike) -> np.ndarray:
         arrays = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64) for v in x))
         log_x = np.log(np.stack([a.ravel() for a in arrays]))
         return np.exp(_log_predict(self.theta[None, :], log_x)[0]).reshape(arrays[0].shape)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False)
 class ChinchillaFit(ScalingLawFit):
     """L(N, D) = E + A·N^(−α) + B·D^(−β)."""
 
@@ -230,7 +258,7 @@ class ChinchillaFit(ScalingLawFit):
         return self._predict(N, D)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False)
 class ComputeLawFit(ScalingLawFit):
     """L(C) = E + A·C^(−α)."""
 
@@ -251,12 +279,12 @@ class ComputeLawFit(ScalingLawFit):
 _FIT_TYPES: dict[_Law, type[ScalingLawFit]] = {CHINCHILLA: ChinchillaFit, COMPUTE_LAW: ComputeLawFit}
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # Grids of starts.
 
 
 def chinchilla_grid() -> np.ndarray:
-    """Chinchilla's 4,500 starts (Hoffmann et al. 2022, App. D.2) as rows of θ = (a, b, e, α, β)."""
+    """Chinchilla's 4,500 starts (Hoffmann et al. 2022, App. D) as rows of θ = (a, b, e, α, β)."""
     a = b = np.arange(0.0, 30.0, 5.0)
     e = np.arange(-1.0, 1.5, 0.5)
     alpha = beta = np.arange(0.0, 2.5, 0.5)
@@ -274,7 +302,7 @@ def compute_law_grid() -> np.ndarray:
 _DEFAULT_GRIDS = {CHINCHILLA: chinchilla_grid, COMPUTE_LAW: compute_law_grid}
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # Fitting.
 
 
@@ -298,7 +326,7 @@ def fit_chinchilla(
         delta: Huber threshold on log-loss residuals.
     """
     columns = _columns("fit_chinchilla", data, N=N, D=D, loss=loss)
-    return _fit(CHINCHILLA, np.log([columns["N"], columns["D"]]), np.log(columns["loss"]), starts, delta)
+    return _fit(CHINCHILLA, *_split_inputs(CHINCHILLA, columns), starts, delta)
 
 
 def fit_compute_law(
@@ -319,7 +347,7 @@ def fit_compute_law(
         delta: Huber threshold on log-loss residuals.
     """
     columns = _columns("fit_compute_law", data, C=C, loss=loss)
-    return _fit(COMPUTE_LAW, np.log([columns["C"]]), np.log(columns["loss"]), starts, delta)
+    return _fit(COMPUTE_LAW, *_split_inputs(COMPUTE_LAW, columns), starts, delta)
 
 
 def _fit(
@@ -328,19 +356,19 @@ def _fit(
     log_loss: np.ndarray,
     starts: npt.ArrayLike | None,
     delta: float,
-    *,
-    options: LbfgsbOptions = LbfgsbOptions(),
 ) -> ScalingLawFit:
     """Multi-start fit on (K, P) log inputs; shared by the public fits, the bootstrap and the rollout."""
     num_params = len(law.param_names)
     if log_loss.size <= num_params:
-        raise ValueError(f"{log_loss.size} points cannot determine the {num_params} parameters of {law.param_names}")
+        raise ValueError(
+            f"{log_loss.size} points cannot determine the {num_params} parameters {law.param_names}"
+        )
     if not delta > 0:
         raise ValueError(f"delta ({delta}) must be > 0")
     x0 = _DEFAULT_GRIDS[law]() if starts is None else np.array(starts, dtype=np.float64, ndmin=2)
     if x0.ndim != 2 or x0.shape[1] != num_params:
         raise ValueError(f"starts must have shape (num_starts, {num_params}), got {x0.shape}")
-    result = minimize_many(_batch_objective(log_x, log_loss, None, delta), x0, options)
+    result = minimize_many(_batch_objective(log_x, log_loss, None, delta), x0)
     return _fit_result(law, log_x, log_loss, delta, result.x, result.fun, result.converged)
 
 
@@ -355,6 +383,8 @@ def _fit_result(
 ) -> ScalingLawFit:
     """The fit for the best converged end point (the best of all, flagged unconverged, if none converged)."""
     finite = np.isfinite(objectives) & np.isfinite(end_points).all(axis=1)
+    if not finite.any():
+        raise ValueError(f"all {end_points.shape[0]} starts ended at a non-finite objective; check starts=")
     usable = converged & finite
     if not usable.any():
         logger.warning(
@@ -368,6 +398,8 @@ def _fit_result(
     best = end_points[order[0]]
     distinct: list[np.ndarray] = []
     for i in order:
+        if objectives[i] > _LOCAL_OPTIMUM_MAX_RATIO * objectives[order[0]]:
+            break
         if all(np.abs(end_points[i] - kept).max() > _DISTINCT_OPTIMUM_TOL for kept in distinct):
             distinct.append(end_points[i])
             if len(distinct) == _NUM_LOCAL_OPTIMA_KEPT:
@@ -390,7 +422,7 @@ def _fit_result(
     )
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # Inputs.
 
 
@@ -402,7 +434,7 @@ def _columns(caller: str, data: pl.DataFrame | None, **named: ArrayOrColumn) -> 
             if data is None:
                 raise ValueError(f"{caller}: {name}={value!r} names a column but no data= frame was given")
             if value not in data.columns:
-                raise ValueError(f"{caller}: {name}={value!r} is not a column of data (columns: {data.columns})")
+                raise ValueError(f"{caller}: {name}={value!r} is not a column of data ({data.columns})")
             value = data.get_column(value)
         array = np.asarray(value, dtype=np.float64)
         if array.ndim != 1:
@@ -411,8 +443,8 @@ def _columns(caller: str, data: pl.DataFrame | None, **named: ArrayOrColumn) -> 
         if bad.any():
             first = int(np.flatnonzero(bad)[0])
             raise ValueError(
-                f"{caller}: {name} has {int(bad.sum())} values that are not finite and > 0 (first at index {first}: "
-                f"{array[first]}); the fit works on logarithms"
+                f"{caller}: {name} has {int(bad.sum())} values that are not finite and > 0 (first at index "
+                f"{first}: {array[first]}); the fit works on logarithms"
             )
         out[name] = array
     lengths = {name: a.size for name, a in out.items()}

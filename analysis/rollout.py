@@ -1,10 +1,11 @@
 """Rollout extrapolation error: fit a scaling law on the smaller sizes (or budgets), predict the larger ones.
 
-A law that fits the points it was fitted on can still extrapolate badly, and extrapolation is what a scaling law is
-for; so the headline fit-quality number is the mean absolute relative error of the held-out larger points' predicted
-loss, |L̂/L − 1|. The split is on one input: model size N, tokens D or compute C = 6·N·D for the Chinchilla surface,
-compute C for the compute law. By default the largest distinct value is held out (`num_held_out=1`); where values are
-noisy (sizes read off a figure) give `split_at` instead: points at or below it are fitted, points above it predicted.
+A law that matches the points it was fitted on can still extrapolate badly, and extrapolation is what a
+scaling law is for; so the headline fit-quality number is the mean absolute relative error |L̂/L − 1| of the
+held-out larger points. The split is on one input: model size N, tokens D or compute C = 6·N·D for the
+Chinchilla surface, compute C for the compute law. By default the largest distinct value is held out
+(`num_held_out=1`); where values are noisy (sizes read off a figure) give `split_at`: points at or below it
+are fitted, points above it predicted.
 """
 
 from __future__ import annotations
@@ -72,14 +73,16 @@ def rollout_chinchilla(
     Args:
         N, D, loss, data, starts, delta: as for `fit_chinchilla`.
         split_by: the input that orders points from small to large: "N", "D" or "C" (= 6·N·D).
-        split_at: fit the points whose `split_by` is <= this; default: all but the `num_held_out` largest values.
+        split_at: fit the points whose `split_by` is <= this; default: all but the `num_held_out` largest.
         num_held_out: how many of the largest distinct `split_by` values to hold out when `split_at` is None.
     """
     columns = _columns("rollout_chinchilla", data, N=N, D=D, loss=loss)
     if split_by not in ("N", "D", "C"):
         raise ValueError(f"rollout_chinchilla: split_by ({split_by!r}) must be 'N', 'D' or 'C'")
     values = 6.0 * columns["N"] * columns["D"] if split_by == "C" else columns[split_by]
-    return _rollout("rollout_chinchilla", CHINCHILLA, columns, split_by, values, split_at, num_held_out, starts, delta)
+    return _rollout(
+        "rollout_chinchilla", CHINCHILLA, columns, split_by, values, split_at, num_held_out, starts, delta
+    )
 
 
 def rollout_compute_law(
@@ -95,8 +98,10 @@ def rollout_compute_law(
     """Fit the compute law on the smaller budgets and score its predictions of the larger ones (see
     `rollout_chinchilla`; the split is on C)."""
     columns = _columns("rollout_compute_law", data, C=C, loss=loss)
-    return _rollout("rollout_compute_law", COMPUTE_LAW, columns, "C", columns["C"], split_at, num_held_out, starts,
-                    delta)  # fmt: skip
+    values = columns["C"]
+    return _rollout(
+        "rollout_compute_law", COMPUTE_LAW, columns, "C", values, split_at, num_held_out, starts, delta
+    )
 
 
 def _rollout(
@@ -114,8 +119,8 @@ def _rollout(
         distinct = np.unique(values)
         if not 1 <= num_held_out < distinct.size:
             raise ValueError(
-                f"{caller}: num_held_out ({num_held_out}) must be >= 1 and below the {distinct.size} distinct values "
-                f"of {split_by}"
+                f"{caller}: num_held_out ({num_held_out}) must be >= 1 and below the number of distinct "
+                f"values of {split_by} ({distinct.size})"
             )
         split_at = float(distinct[-num_held_out - 1])
     train = values <= split_at
@@ -123,7 +128,7 @@ def _rollout(
     if train.sum() <= num_params or train.all():
         raise ValueError(
             f"{caller}: split_at={split_at:g} on {split_by} leaves {int(train.sum())} points to fit and "
-            f"{int((~train).sum())} to predict; need more than {num_params} to fit and at least one to predict"
+            f"{int((~train).sum())} to predict; it needs more than {num_params} to fit and one to predict"
         )
     log_x, log_loss = _split_inputs(law, columns)
     fit = _fit(law, log_x[:, train], log_loss[train], starts, delta)
