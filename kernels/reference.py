@@ -120,13 +120,15 @@ def pre_mix(x_TNC: Tensor, h_pre_TN: Tensor) -> Tensor:
 class _PostResMix(torch.autograd.Function):
     """x'_i = Σ_j H_res[i, j] x_j + H_post[i] f with an explicit backward of contiguous batched matmuls.
 
-    Autograd's own backward of `baddbmm` hands `bmm` transposed, non-contiguous operands, which on CPU falls
-    into a per-token loop (~20× slower at T = 2048, n = 4, C = 96). Gradients:
+    CPU `baddbmm`/`bmm` fall into a per-token loop when an operand is not contiguous (autograd's own backward
+    passes transposed views; Sinkhorn returns a permuted view): ~20× slower at T = 2048, n = 4, C = 96. So every
+    operand is made contiguous here. Gradients:
         ∂x = H_resᵀ g,   ∂H_res = g xᵀ,   ∂H_post[i] = Σ_c g_i f,   ∂f = Σ_i H_post[i] g_i.
     """
 
     @staticmethod
     def forward(ctx, x_TNC: Tensor, f_TC: Tensor, h_post_TN: Tensor, h_res_TNN: Tensor) -> Tensor:
+        x_TNC, h_res_TNN = x_TNC.contiguous(), h_res_TNN.contiguous()
         ctx.save_for_backward(x_TNC, f_TC, h_post_TN, h_res_TNN)
         return torch.baddbmm(h_post_TN[:, :, None] * f_TC[:, None, :], h_res_TNN, x_TNC)
 

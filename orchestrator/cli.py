@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from models import ConfigError, LadderError, ModelConfig, count_parameters, flops_per_token, get_preset
@@ -29,7 +30,7 @@ def _configured(preset: str, residual: str, n: int | None) -> ModelConfig:
 
 
 def _fail(error: LadderError) -> None:
-    console.print(f"[red]error:[/red] {error}")
+    console.print(f"[red]error:[/red] {escape(str(error))}")
     raise typer.Exit(code=2)
 
 
@@ -147,6 +148,158 @@ def bench_step(
     console.print(table)
     append_csv(rows, csv_path)
     console.print(f"rows appended to {csv_path}")
+
+
+@bench_app.command(
+    "kernels", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+)
+def bench_kernels(ctx: typer.Context) -> None:
+    """Triton vs eager vs torch.compile mHC kernels on a CUDA GPU (GB/s, % of copy bandwidth, speedups).
+
+    Options pass through to `python -m kernels.benchmark` (torch + triton only, for GPU machines without the
+    rest of the stack): --widths, --n, --tokens, --dtype, --repeats, --sinkhorn-iters, --convention,
+    --no-compile, --csv, --dry-run. Without a GPU it says so and exits 0.
+    """
+    from kernels.benchmark import main as kernel_benchmark_main
+
+    raise typer.Exit(code=kernel_benchmark_main(list(ctx.args)))
+
+
+@app.command("train")
+def train(
+    spec_file: Annotated[Path, typer.Argument(help="A RunSpec YAML: model, training, data, tracking.")],
+) -> None:
+    """Train one RunSpec with a live progress bar; resumes from its newest checkpoint; skips if FINISHED."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from orchestrator.runspec import RunSpec
+    from orchestrator.train import StepReport, run
+    from orchestrator.yamlio import load_config_file
+
+    try:
+        spec = load_config_file(spec_file, RunSpec, root="run")
+    except ConfigError as error:
+        _fail(error)
+    console.print(f"run [bold]{spec.run_key}[/bold] → {spec.tracking.uri} (experiment {spec.tracking.experiment})")
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[status]}"), TimeRemainingColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task(spec.name or spec.run_key, total=spec.total_steps(), status="starting")
+
+        def on_step(report: StepReport) -> None:
+            val = f" val {report.val_loss:.3f}" if report.val_loss is not None else ""
+            status = f"step {report.step} loss {report.loss:.3f}{val} {report.tokens_per_s:,.0f} tok/s"
+            progress.update(task, completed=report.step, status=status)
+
+        try:
+            result = run(spec, on_step=on_step)
+        except LadderError as error:
+            _fail(error)
+    if result.skipped:
+        console.print(f"already FINISHED (MLflow run {result.run_id}): nothing to do")
+    elif result.status == "FINISHED":
+        console.print(f"FINISHED: final validation loss {result.final_val_loss:.4f} (MLflow run {result.run_id})")
+    else:
+        console.print(f"[red]{result.status}[/red] ({result.failure_reason}) at step {result.steps}")
+        raise typer.Exit(code=1)
+
+
+def _load_sweep_or_fail(sweep_file: Path):
+    from orchestrator.sweep import load_sweep
+
+    try:
+        return load_sweep(sweep_file)
+    except ConfigError as error:
+        _fail(error)
+
+
+def _sweep_table(title: str, states) -> Table:
+    table = Table(title=title)
+    for column in ("run_key", "size", "variant", "n", "budget FLOPs", "steps", "state", "step", "loss", "reason"):
+        table.add_column(column, justify="right" if column in ("n", "steps", "step", "loss") else "left")
+    colours = {"finished": "green", "failed": "red", "running": "cyan", "pending": "white", "skipped": "green"}
+    for state in states:
+        spec = state.point.spec
+        table.add_row(
+            spec.run_key,
+            spec.model.name,
+            spec.model.residual.variant,
+            str(spec.model.residual.n),
+            f"{state.point.budget_flops:.3g}",
+            str(spec.total_steps()),
+            f"[{colours.get(state.state, 'white')}]{state.state}[/]",
+            "" if state.step is None else str(state.step),
+            "" if state.loss is None else f"{state.loss:.4f}",
+            state.reason or "",
+        )
+    return table
+
+
+@app.command("submit")
+def submit(
+    sweep_file: Annotated[Path, typer.Argument(help="Sweep YAML (see sweeps/quickstart.yaml).")],
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address or 'auto'; default: an embedded local Ray.")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the expanded grid and exit.")] = False,
+) -> None:
+    """Expand a sweep and train every pending grid point on Ray (finished points are skipped)."""
+    from rich.live import Live
+
+    from orchestrator.scheduler import plan
+    from orchestrator.scheduler import submit as submit_sweep
+
+    sweep, points = _load_sweep_or_fail(sweep_file)
+    if dry_run:
+        table = Table(title=f"{sweep.name}: {len(points)} grid points (dry run)")
+        for column in ("run_key", "size", "variant", "n", "budget FLOPs", "tokens", "steps", "FLOPs (true)",
+                       "cpus", "gpus", "workers"):
+            table.add_column(column, justify="left" if column in ("run_key", "size", "variant") else "right")
+        for point in points:
+            spec = point.spec
+            steps = spec.total_steps()
+            table.add_row(
+                spec.run_key, spec.model.name, spec.model.residual.variant, str(spec.model.residual.n),
+                f"{point.budget_flops:.3g}", f"{steps * spec.training.tokens_per_step:,}", f"{steps:,}",
+                f"{steps * spec.flops_per_step():.3g}", f"{point.resources.cpus:g}", str(point.resources.gpus),
+                str(point.resources.workers),
+            )
+        console.print(table)
+        return
+    title = f"{sweep.name} ({sweep_file})"
+    with Live(_sweep_table(title, plan(sweep, points)), console=console, refresh_per_second=2) as live:
+        result = submit_sweep(
+            sweep, points, sweep_file=sweep_file, address=address,
+            on_update=lambda states: live.update(_sweep_table(title, states)),
+        )
+    counts = {name: sum(s.state == name for s in result.states) for name in ("finished", "failed", "pending")}
+    console.print(
+        f"launched {result.launched}; finished {counts['finished']}, failed {counts['failed']}, "
+        f"pending {counts['pending']} of {len(result.states)}"
+    )
+    if not result.complete:
+        raise typer.Exit(code=1)
+
+
+@app.command("status")
+def status(sweep_file: Annotated[Path, typer.Argument(help="Sweep YAML.")]) -> None:
+    """Every grid point's state from the tracking store; runs nothing."""
+    from orchestrator.scheduler import plan
+
+    sweep, points = _load_sweep_or_fail(sweep_file)
+    console.print(_sweep_table(f"{sweep.name} ({sweep_file})", plan(sweep, points)))
+
+
+@app.command("ui")
+def ui(
+    tracking_uri: Annotated[str | None, typer.Option(help="Tracking store (default: ./mlruns.db).")] = None,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+) -> None:
+    """Serve the MLflow UI on 127.0.0.1 over the tracking store."""
+    from orchestrator.tracking import TrackingConfig, serve_ui
+
+    config = TrackingConfig(uri=tracking_uri) if tracking_uri else TrackingConfig()
+    console.print(f"MLflow UI for {config.uri} on http://127.0.0.1:{port} (Ctrl-C stops it)")
+    serve_ui(config.uri, host="127.0.0.1", port=port)
 
 
 def main() -> None:

@@ -13,7 +13,11 @@ from orchestrator.cli import app
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("command", [[], ["model"], ["model", "info"], ["model", "smoke"], ["bench"], ["bench", "step"]])
+@pytest.mark.parametrize(
+    "command",
+    [[], ["model"], ["model", "info"], ["model", "smoke"], ["bench"], ["bench", "step"], ["bench", "kernels"],
+     ["train"], ["submit"], ["status"], ["ui"]],
+)
 def test_every_command_has_help(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0
@@ -61,3 +65,15 @@ def test_installed_console_script_and_module_run_the_cli(launcher):
     result = subprocess.run([*launcher, "--help"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "model" in result.stdout and "bench" in result.stdout
+
+
+def test_bench_kernels_without_a_gpu_says_so_and_exits_cleanly():
+    result = runner.invoke(app, ["bench", "kernels", "--widths", "64", "--csv", "-"])
+    assert result.exit_code == 0
+    assert "GPU" in result.output
+
+
+def test_bench_kernels_dry_run_lists_the_bytes_per_op():
+    result = runner.invoke(app, ["bench", "kernels", "--dry-run", "--widths", "1280"])
+    assert result.exit_code == 0, result.output
+    assert "1280" in result.output and "needs a CUDA GPU" in result.output

@@ -1,0 +1,320 @@
+"""The single-run trainer: one RunSpec in, one tracked, checkpointed, resumable training run out.
+
+    result = orchestrator.train.run(spec)
+
+Loop per optimizer step: the step's batch (a pure function of (seed, step)), ``grad_accum`` micro-batches of
+forward + backward, gradient clipping, AdamW, the loss-free expert-bias update, metrics to the tracker (buffered;
+the tracker batches them). Every ``eval_every`` steps and at the end: validation loss on fixed windows plus the
+model diagnostics (Amax per layer and composite, doubly-stochastic error, expert load). Every
+``checkpoint_every`` steps and at the end: an atomic checkpoint of everything the next step depends on (weights
+with the router biases and load counters, optimizer, RNG state, step, divergence state). The schedule is a
+function of the step, and batches a function of (seed, step), so a resumed run repeats an uninterrupted one
+bit for bit on CPU.
+
+A non-finite loss, or one above ``divergence_factor`` × the best loss so far, ends the run as FAILED with
+reason ``diverged`` (after logging the step that diverged). Telemetry: step time, tokens/s, achieved FLOP/s
+(the variant's true architecture FLOPs), peak memory (RSS on CPU, max allocated on CUDA), wall time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import platform
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from models import MoETransformer, build_model, collect_diagnostics, count_parameters, flops_per_token
+from orchestrator.checkpoint import latest_checkpoint, run_lock, save_checkpoint
+from orchestrator.data import BatchSampler, load_dataset
+from orchestrator.runspec import RunSpec
+from orchestrator.schedule import lr_multiplier
+from orchestrator.tracking import RunTracker, find_run
+
+__all__ = ["RunResult", "StepReport", "run"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StepReport:
+    """What a progress display needs after each step."""
+
+    step: int
+    total_steps: int
+    loss: float
+    tokens_per_s: float
+    val_loss: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """How a run ended."""
+
+    run_key: str
+    status: str  # FINISHED | FAILED
+    steps: int
+    final_val_loss: float | None = None
+    failure_reason: str | None = None
+    run_id: str | None = None
+    skipped: bool = False  # already FINISHED in the tracking store: nothing was trained
+    resumed_from: int | None = None
+    losses: list[float] = field(default_factory=list)  # training losses of the steps run in this call
+
+
+class Diverged(Exception):
+    """The loss became non-finite or spiked beyond the configured factor."""
+
+
+def _device(spec: RunSpec) -> torch.device:
+    wanted = spec.training.device
+    if wanted == "auto":
+        wanted = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(wanted)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _hardware(device: torch.device, threads: int) -> str:
+    """What the run's timings were measured on: overhead comparisons never mix different hardware."""
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"cpu:{model} ({os.cpu_count()} cores, {threads} threads)"
+
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; fp32 on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _loss(model: torch.nn.Module, inputs_BS: torch.Tensor, targets_BS: torch.Tensor) -> torch.Tensor:
+    logits_BSV = model(inputs_BS)
+    return F.cross_entropy(logits_BSV.flatten(0, 1).float(), targets_BS.flatten())
+
+
+@torch.no_grad()
+def _evaluate(model: MoETransformer, batches: list, device: torch.device) -> tuple[float, dict, dict]:
+    """Validation loss over the fixed windows, plus diagnostics on the first batch."""
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        with _autocast(device):
+            for inputs_BS, targets_BS in batches:
+                loss = _loss(model, inputs_BS.to(device), targets_BS.to(device))
+                total += loss.item() * targets_BS.numel()
+                count += targets_BS.numel()
+            diagnostics = collect_diagnostics(model, batches[0][0].to(device))
+    finally:
+        model.train()
+    profile = {
+        "layer_forward": diagnostics.amax.layer_forward,
+        "layer_backward": diagnostics.amax.layer_backward,
+        "composite_forward": diagnostics.amax.composite_forward,
+        "composite_backward": diagnostics.amax.composite_backward,
+        "ds_error": diagnostics.ds_error_per_layer,
+        "expert_load": diagnostics.expert_load_per_layer,
+    }
+    return total / count, diagnostics.summary(), profile
+
+
+def _coordinates(spec: RunSpec) -> dict[str, str]:
+    """Tags that make every run findable by its grid coordinates."""
+    res = spec.model.residual
+    return {
+        "run_key": spec.run_key,
+        "size": spec.model.name,
+        "variant": res.variant,
+        "n": str(res.n),
+        "sinkhorn_iters": str(res.sinkhorn_iters),
+        "seed": str(spec.training.seed),
+        **spec.tags,
+    }
+
+
+def run(
+    spec: RunSpec,
+    *,
+    parent_run_id: str | None = None,
+    on_step: Callable[[StepReport], None] | None = None,
+) -> RunResult:
+    """Train ``spec`` to completion (or divergence), resuming from its newest checkpoint if one exists.
+
+    Holds an exclusive lock on the run directory while training: a second process given the same run (a
+    resubmitted sweep while an orphaned worker still trains) waits for the first, then finds it FINISHED.
+    """
+    with run_lock(spec.run_dir):
+        return _run_locked(spec, parent_run_id, on_step)
+
+
+def _run_locked(
+    spec: RunSpec, parent_run_id: str | None, on_step: Callable[[StepReport], None] | None
+) -> RunResult:
+    existing = find_run(spec.tracking, spec.run_key)
+    if existing is not None and existing.status == "FINISHED":
+        return RunResult(spec.run_key, "FINISHED", steps=0, run_id=existing.run_id, skipped=True)
+
+    training = spec.training
+    torch.set_num_threads(training.threads)
+    device = _device(spec)
+    dataset = load_dataset(spec.data)
+    sampler = BatchSampler(dataset, seed=training.seed)
+    val_batches = sampler.validation_batches(training.eval_windows, training.seq_len, training.batch_size)
+    total_steps = spec.total_steps()
+    flops_step = spec.flops_per_step()
+    six_n_step = flops_per_token(spec.model, training.seq_len).six_n * training.tokens_per_step
+
+    model = build_model(spec.model, device=device, seed=training.seed)
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=training.lr,
+        betas=training.betas,
+        eps=training.adam_eps,
+        weight_decay=training.weight_decay,
+    )
+    start_step, best_loss = 0, math.inf
+    checkpoint = latest_checkpoint(spec.run_dir)
+    if checkpoint is not None:
+        start_step, state = checkpoint
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        best_loss = state["best_loss"]
+        log.info("resuming %s from step %d", spec.run_key, start_step)
+    step_fn = torch.compile(model) if training.compile else model
+
+    params = count_parameters(spec.model)
+    tracker = RunTracker.open(
+        spec.tracking,
+        run_key=spec.run_key,
+        run_name=spec.name or spec.run_key,
+        tags=_coordinates(spec),
+        params=spec.model_dump(mode="json", exclude={"tracking", "tags"}),
+        parent_run_id=parent_run_id,
+    )
+    losses: list[float] = []
+    val_loss = None
+    with tracker:
+        if checkpoint is None:
+            tracker.log_dict_artifact(spec.model_dump(mode="json"), "config/resolved.json")
+            tracker.log_dict_artifact(dataset.metadata.as_dict(), "config/dataset.json")
+            tracker.set_tags(
+                {
+                    "params_total": str(params.total),
+                    "params_activated": str(params.activated),
+                    "params_activated_non_embedding": str(params.activated_non_embedding),
+                    "total_steps": str(total_steps),
+                    "device": str(device),
+                    "hardware": _hardware(device, training.threads),
+                    "unigram_entropy": f"{dataset.metadata.unigram_entropy_nats:.6f}",
+                }
+            )
+
+        def checkpoint_state(step: int) -> dict:
+            return {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng": torch.get_rng_state(),
+                "step": step,
+                "best_loss": best_loss,
+            }
+
+        def evaluate(step: int) -> float:
+            loss, summary, profile = _evaluate(model, val_batches, device)
+            tracker.log_metrics({"eval/loss": loss, **{f"eval/{k}": v for k, v in summary.items()}}, step)
+            tracker.log_dict_artifact(profile, f"diagnostics/step_{step:08d}.json")
+            return loss
+
+        started = time.perf_counter()
+        micro = training.batch_size // training.grad_accum
+        try:
+            for step in range(start_step, total_steps):
+                step_started = time.perf_counter()
+                multiplier = lr_multiplier(step, total_steps, training)
+                for group in optimizer.param_groups:
+                    group["lr"] = training.lr * multiplier
+                inputs_BS, targets_BS = sampler.train_batch(step, training.batch_size, training.seq_len)
+                inputs_BS, targets_BS = inputs_BS.to(device), targets_BS.to(device)
+                step_loss = 0.0
+                for index in range(training.grad_accum):
+                    chunk = slice(index * micro, (index + 1) * micro)
+                    with _autocast(device):
+                        loss = _loss(step_fn, inputs_BS[chunk], targets_BS[chunk])
+                        balance = model.balance_loss()
+                        objective = loss + balance if balance is not None else loss
+                    (objective / training.grad_accum).backward()
+                    step_loss += loss.item() / training.grad_accum
+                if not math.isfinite(step_loss) or step_loss > training.divergence_factor * best_loss:
+                    tracker.log_metrics({"train/loss": step_loss}, step + 1)
+                    tracker.set_tags({"diverged_step": str(step + 1)})
+                    raise Diverged(f"loss {step_loss:.4g} at step {step + 1} (best {best_loss:.4g})")
+                best_loss = min(best_loss, step_loss)
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), training.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                model.update_expert_biases()
+                done = step + 1
+                elapsed = time.perf_counter() - step_started
+                tokens = done * training.tokens_per_step
+                losses.append(step_loss)
+                tracker.log_metrics(
+                    {
+                        "train/loss": step_loss,
+                        "train/lr": training.lr * multiplier,
+                        "train/grad_norm": grad_norm.item(),
+                        "train/tokens": tokens,
+                        "train/epochs": sampler.epochs(tokens),
+                        "train/flops": done * flops_step,
+                        "train/flops_6n": done * six_n_step,
+                        "perf/step_time_s": elapsed,
+                        "perf/tokens_per_s": training.tokens_per_step / elapsed,
+                        "perf/flops_per_s": flops_step / elapsed,
+                    },
+                    done,
+                )
+                if done % training.eval_every == 0 or done == total_steps:
+                    val_loss = evaluate(done)
+                if done % training.checkpoint_every == 0 or done == total_steps:
+                    save_checkpoint(spec.run_dir, done, checkpoint_state(done))
+                    tracker.flush()  # metrics up to a checkpoint are durable: a resume never leaves a gap
+                if on_step is not None:
+                    on_step(StepReport(done, total_steps, step_loss, training.tokens_per_step / elapsed, val_loss))
+        except Diverged as error:
+            log.warning("run %s diverged: %s", spec.run_key, error)
+            tracker.finish("FAILED", failure_reason="diverged")
+            return RunResult(spec.run_key, "FAILED", steps=step + 1, failure_reason="diverged",
+                             run_id=tracker.run_id, resumed_from=checkpoint and start_step, losses=losses)
+        if val_loss is None:  # resumed at the end: the final evaluation is still owed
+            val_loss = evaluate(total_steps)
+        tracker.log_metrics(
+            {
+                "final/val_loss": val_loss,
+                "final/wall_time_s": time.perf_counter() - started,
+                "final/peak_memory_mb": _peak_memory_mb(device),
+                "final/flops": total_steps * flops_step,
+                "final/tokens": total_steps * training.tokens_per_step,
+            },
+            total_steps,
+        )
+        tracker.finish("FINISHED")
+    return RunResult(spec.run_key, "FINISHED", steps=total_steps, final_val_loss=val_loss, run_id=tracker.run_id,
+                     resumed_from=checkpoint and start_step, losses=losses)
