@@ -6,7 +6,11 @@ D qk_nope_head_dim, P qk_rope_head_dim, V v_head_dim.
 Keys and values are reconstructed from one compressed latent c_KV (rank R) shared by all heads; position enters
 through a separate rotary part: a per-head rotary query and ONE rotary key shared across heads (the "decoupled"
 RoPE of DeepSeek-V2). Training materialises the per-head keys and values (no absorbed-matmul inference trick)
-and calls `scaled_dot_product_attention`, which picks the fastest kernel for the device.
+and calls `scaled_dot_product_attention`, which picks the fastest kernel for the device. PyTorch's CPU flash
+kernel needs one head width for q, k and v, and MLA's query/key width (nope + rope) exceeds the value width, so
+on CPU the values are zero-padded to the query/key width and the padding is sliced off the output (`attend`):
+the result is the same attention, but SDPA then runs the flash kernel instead of the math fallback, which
+materialises the S × S weights (P1, 16 × 256 tokens, forward + backward: 1.25× faster on 1 thread, ~5× on 2).
 
 Choices: q_lora_rank = 0 means a full-rank query projection (our choice for the paper presets, which reproduces
 their parameter counts); RoPE uses the rotate-half pairing rather than V3's interleaved pairs, an equivalent
@@ -21,7 +25,7 @@ from torch import Tensor, nn
 
 from models.config import AttentionConfig
 
-__all__ = ["MultiHeadLatentAttention", "RotaryTables", "apply_rotary"]
+__all__ = ["MultiHeadLatentAttention", "RotaryTables", "apply_rotary", "attend"]
 
 
 class RotaryTables(nn.Module):
@@ -43,6 +47,19 @@ def apply_rotary(x_BSHP: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
     cos_SP2, sin_SP2 = (t[:, None, :].to(x_BSHP.dtype) for t in rope)
     first, second = x_BSHP.chunk(2, dim=-1)
     return torch.cat([first * cos_SP2 - second * sin_SP2, second * cos_SP2 + first * sin_SP2], dim=-1)
+
+
+def attend(q_BHSE: Tensor, k_BHSE: Tensor, v_BHSV: Tensor) -> Tensor:
+    """Causal SDPA with softmax scale 1/√E; on CPU, v is zero-padded to E so the flash kernel can run.
+
+    Padding v with zero columns adds zero output columns and changes nothing else. The padding is skipped when
+    the flash backend is disabled (``torch.nn.attention.sdpa_kernel``), so the math path sees the true shapes.
+    """
+    width, v_width = q_BHSE.shape[-1], v_BHSV.shape[-1]
+    if q_BHSE.device.type == "cpu" and v_width < width and torch.backends.cuda.flash_sdp_enabled():
+        v_BHSE = F.pad(v_BHSV, (0, width - v_width))
+        return F.scaled_dot_product_attention(q_BHSE, k_BHSE, v_BHSE, is_causal=True)[..., :v_width]
+    return F.scaled_dot_product_attention(q_BHSE, k_BHSE, v_BHSV, is_causal=True)
 
 
 class MultiHeadLatentAttention(nn.Module):
@@ -77,5 +94,5 @@ class MultiHeadLatentAttention(nn.Module):
         k_rope_BSHP = apply_rotary(k_rope_BSP[:, :, None, :], rope).expand(B, S, H, P)
         q_BHSE = torch.cat([q_nope_BSHD, apply_rotary(q_rope_BSHP, rope)], dim=-1).transpose(1, 2)
         k_BHSE = torch.cat([k_nope_BSHD, k_rope_BSHP], dim=-1).transpose(1, 2)
-        out_BHSV = F.scaled_dot_product_attention(q_BHSE, k_BHSE, v_BSHV.transpose(1, 2), is_causal=True)
+        out_BHSV = attend(q_BHSE, k_BHSE, v_BSHV.transpose(1, 2))
         return self.wo(out_BHSV.transpose(1, 2).reshape(B, S, H * V))

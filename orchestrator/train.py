@@ -294,8 +294,10 @@ def _run_locked(
                 if done % training.eval_every == 0 or done == total_steps:
                     val_loss = evaluate(done)
                 if done % training.checkpoint_every == 0 or done == total_steps:
+                    # Metrics first, then the checkpoint: whatever step a resume starts from, every step before
+                    # it is already in the store, so a kill at any moment leaves no gap in the histories.
+                    tracker.flush()
                     save_checkpoint(spec.run_dir, done, checkpoint_state(done))
-                    tracker.flush()  # metrics up to a checkpoint are durable: a resume never leaves a gap
                 if on_step is not None:
                     on_step(StepReport(done, total_steps, step_loss, training.tokens_per_step / elapsed, val_loss))
         except Diverged as error:

@@ -46,6 +46,7 @@ class RunInfo:
     start_time_ms: int | None
     end_time_ms: int | None
     tags: Mapping[str, str] = field(default_factory=dict)
+    metrics: Mapping[str, float] = field(default_factory=dict)  # latest value of each metric (progress views)
 
     @property
     def finished(self) -> bool:
@@ -64,6 +65,7 @@ class RunInfo:
             start_time_ms=run.info.start_time,
             end_time_ms=run.info.end_time,
             tags=tags,
+            metrics=dict(run.data.metrics),
         )
 
 

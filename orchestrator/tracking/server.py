@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -176,9 +177,21 @@ def serve_ui(uri: str, host: str = "127.0.0.1", port: int = 5000) -> None:
         raise ValueError(f"{uri} is already a tracking server: open it in a browser")
     config = TrackingConfig(uri=uri)
     server = start_server(config.uri, host=host, port=port, artifacts_destination=config.artifact_location)
+    # The server runs in its own session, so a SIGTERM or SIGHUP to this process alone would orphan it:
+    # turn them into the same clean stop as Ctrl-C.
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            previous[sig] = signal.signal(sig, _interrupt)
     try:
         server.process.wait()
     except KeyboardInterrupt:
         log.info("stopping the MLflow UI")
     finally:
         server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")

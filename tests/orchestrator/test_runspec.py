@@ -80,7 +80,7 @@ def test_yaml_errors_name_file_line_field_and_rule(tmp_path):
     with pytest.raises(ConfigFileError) as error:
         load_config_file(path, RunSpec, root="run")
     message = str(error.value)
-    assert f"{path}:3: run.model.moe.top_k (12) must be <= num_routed_experts (8)" in message
+    assert f"{path}:4: run.model.moe.top_k (12) must be <= num_routed_experts (8)" in message
     assert f"{path}:6: run.training.lr (-1)" in message
     assert f"{path}:7: run.training.bogus is not a known field" in message
 
