@@ -19,8 +19,10 @@ grid point saw the same tokens).
 - **Compute multiplier** (`compute_multipliers`): at each budget, how much baseline compute reaches the arm's
   frontier loss, by inverting the baseline's L(C): C* = (A / (L − E))^(1/α); multiplier = C* / budget, and
   net of the arm's own FLOP overhead C* / (its true FLOPs). Interval: percentiles over the baseline law's
-  bootstrap resamples, each paired with a resample of the arm's seeds, so both the law's and the arm's
-  uncertainty count. A loss at or below the law's floor E needs infinite baseline compute: the multiplier is
+  bootstrap resamples, each paired with a draw of the arm's mean loss, so both the law's and the arm's
+  uncertainty count. The arm's mean loss over its n seeds is drawn from a normal around the observed mean
+  with sd s/√n, s the seed-to-seed sd pooled over all the arm's grid cells with two or more seeds (resampling
+  two seeds directly would halve their variance, and one cell's two seeds barely estimate it). A loss at or below the law's floor E needs infinite baseline compute: the multiplier is
   inf. `extrapolated` marks a C* outside the baseline's fitted range.
 
 Too little data for a fit (fewer than `MIN_LAW_BUDGETS` budgets on a frontier, ...) is reported in `notes`, not
@@ -228,6 +230,7 @@ def fit_laws(
     extrapolate: float = 10.0,
     num_curve_points: int = 80,
     exclude_repeated: bool = False,
+    surface_starts: np.ndarray | None = None,
 ) -> LawFits:
     """Fit L(C) on each arm's frontier (and the Chinchilla surface on all its runs); bootstrap; roll out.
 
@@ -241,6 +244,8 @@ def fit_laws(
         extrapolate: the curves run to this multiple of the largest fitted compute.
         num_curve_points: points per curve.
         exclude_repeated: leave out runs that repeated data (epochs > 1).
+        surface_starts: rows of θ = (a, b, e, α, β) to start the surface fits from; default Chinchilla's
+            4,500-start grid (about 10 s per arm on one core).
     """
     on_frontier = _frontier_runs(runs, exclude_repeated)
     points = comparable_points(runs, exclude_repeated=exclude_repeated)
@@ -264,7 +269,7 @@ def fit_laws(
             curves.append(band)
         if chinchilla:
             _surface(points.filter(pl.col("arm") == arm), arm, num_bootstrap_surface, confidence, arm_seed,
-                     params, quality, notes)  # fmt: skip
+                     surface_starts, params, quality, notes)  # fmt: skip
     return LawFits(
         params=pl.concat(params) if params else pl.DataFrame(schema=_PARAMS_SCHEMA),
         quality=pl.concat(quality) if quality else pl.DataFrame(schema=_QUALITY_SCHEMA),
@@ -329,6 +334,7 @@ def _surface(
     num_bootstrap: int,
     confidence: float,
     seed: int,
+    starts: np.ndarray | None,
     params: list[pl.DataFrame],
     quality: list[pl.DataFrame],
     notes: list[str],
@@ -344,7 +350,7 @@ def _surface(
             f"(needs >= {MIN_SURFACE_SIZES} sizes and >= 10 runs)"
         )
         return
-    fit = fit_chinchilla(N, D, loss)
+    fit = fit_chinchilla(N, D, loss, starts=starts)
     num_converged = None
     if num_bootstrap >= 2:
         boot = bootstrap_chinchilla(N, D, loss, groups=mine.get_column("run_key"), fit=fit,
@@ -361,7 +367,7 @@ def _surface(
         )
     rollout = {"rollout_error": None, "rollout_split_by": None, "rollout_split_at": None, "rollout_held_out": None}
     if num_sizes > MIN_SURFACE_SIZES:
-        result = rollout_chinchilla(N, D, loss, split_by="N")
+        result = rollout_chinchilla(N, D, loss, split_by="N", starts=starts)
         rollout = {"rollout_error": result.mean_abs_relative_error, "rollout_split_by": "N",
                    "rollout_split_at": result.split_at, "rollout_held_out": int(result.test_index.size)}  # fmt: skip
     else:
@@ -394,6 +400,18 @@ def _baseline_compute(loss: np.ndarray, E: np.ndarray, A: np.ndarray, alpha: np.
         return np.where(excess > 0, np.exp((np.log(A) - np.log(np.where(excess > 0, excess, 1.0))) / alpha), np.inf)
 
 
+def _pooled_seed_sd(points: pl.DataFrame) -> dict[str, float]:
+    """Per arm: sqrt(Σ (n_i − 1)·s_i² / Σ (n_i − 1)) over its (size, budget) cells with n_i >= 2 seeds."""
+    cells = (
+        points.group_by("arm", "size", "budget")
+        .agg(pl.len().alias("n"), pl.col("final_val_loss").var().alias("var"))
+        .filter(pl.col("n") >= 2)
+        .group_by("arm")
+        .agg((((pl.col("n") - 1) * pl.col("var")).sum() / (pl.col("n") - 1).sum()).sqrt().alias("sd"))
+    )
+    return dict(zip(cells.get_column("arm").to_list(), cells.get_column("sd").to_list(), strict=True))
+
+
 def compute_multipliers(
     runs: pl.DataFrame,
     laws: LawFits,
@@ -420,6 +438,7 @@ def compute_multipliers(
     c_lo, c_hi = float(base_c.min()), float(base_c.max())
     rng = np.random.default_rng(seed)
     tail = 50.0 * (1.0 - confidence)
+    seed_sd = _pooled_seed_sd(comparable_points(runs, exclude_repeated=exclude_repeated))
     rows = []
     for (arm, budget, size), cell in on_frontier.filter(pl.col("arm") != baseline).group_by(
         "arm", "budget", "size", maintain_order=True
@@ -427,7 +446,8 @@ def compute_multipliers(
         losses = cell.get_column("final_val_loss").to_numpy()
         flops = float(cell.get_column("final_flops").mean())
         needed = float(_baseline_compute(np.array(losses.mean()), fit.params["E"], fit.params["A"], fit.params["alpha"]))
-        drawn = losses[rng.integers(losses.size, size=(samples.shape[0], losses.size))].mean(axis=1)
+        sd = seed_sd.get(arm, 0.0) / np.sqrt(losses.size)
+        drawn = losses.mean() + sd * rng.standard_normal(samples.shape[0])
         needed_b = _baseline_compute(drawn, samples[:, 0], samples[:, 1], samples[:, 2])
         lo, hi = np.percentile(needed_b, [tail, 100 - tail], method="inverted_cdf")
         rows.append(

@@ -40,6 +40,8 @@ import logging
 import math
 import os
 import tempfile
+import urllib.parse
+import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -149,6 +151,7 @@ _METRIC_COLUMNS = {
 def _client(tracking_uri: str) -> MlflowClient:
     """An `MlflowClient` on `tracking_uri`, importing MLflow (seconds) only now, with telemetry off."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per downloaded file otherwise
     try:
         from mlflow.tracking import MlflowClient
     except ImportError as error:  # pragma: no cover - mlflow is a project dependency
@@ -217,6 +220,7 @@ def _raw_runs(entities: Sequence[Any], experiment: str) -> pl.DataFrame:
             "status": run.info.status,
             "start_time": run.info.start_time,
             "end_time": run.info.end_time,
+            "artifact_uri": run.info.artifact_uri,
         }
         row.update({name: tags.get(name) for name in _TAG_COLUMNS})
         row.update({column: run.data.metrics.get(metric) for metric, column in _METRIC_COLUMNS.items()})
@@ -230,6 +234,7 @@ def _raw_runs(entities: Sequence[Any], experiment: str) -> pl.DataFrame:
         "status": pl.String(),
         "start_time": pl.Int64(),
         "end_time": pl.Int64(),
+        "artifact_uri": pl.String(),
         **{name: pl.String() for name in _TAG_COLUMNS},
         **{column: pl.Float64() for column in _METRIC_COLUMNS.values()},
     }
@@ -332,7 +337,7 @@ _CORE_ORDER = [
     "final_val_loss", "best_val_loss", "last_eval_loss", "last_train_loss", "final_tokens", "final_flops",
     "final_flops_6n", "tokens_per_step", "flops_per_token", "flops_per_step", "epochs", "repeated_data",
     "step_time_s", "step_time_mean_s", "num_timed_steps", "tokens_per_s", "flops_per_s", "wall_time_s",
-    "peak_memory_mb", "device", "hardware", "unigram_entropy", "optuna_trial", "study",
+    "peak_memory_mb", "device", "hardware", "unigram_entropy", "optuna_trial", "study", "artifact_uri",
 ]  # fmt: skip
 
 
@@ -494,31 +499,56 @@ def load_amax_profiles(
         experiment_id = _experiment_id(client, tracking_uri, experiment)
         runs = _one_per_key(_raw_runs(_search(client, experiment_id), experiment))
     keys = dict(zip(runs.get_column("run_id").to_list(), runs.get_column("run_key").to_list(), strict=True))
+    uris = dict(zip(runs.get_column("run_id").to_list(), runs.get_column("artifact_uri").to_list(), strict=True))
 
-    def files(run_id: str) -> list[tuple[str, str, int]]:
+    def pick(paths: Iterable[str]) -> list[tuple[int, str]]:
+        by_step = sorted((int(Path(p).stem[len("step_") :]), p) for p in paths
+                         if Path(p).stem.startswith("step_") and Path(p).stem[len("step_") :].isdigit())  # fmt: skip
+        return by_step[-1:] if steps == "last" else by_step
+
+    def rows_local(run_id: str, root: Path) -> list[tuple]:
+        rows = []
+        for step, path in pick(str(p) for p in (root / "diagnostics").glob("step_*.json")):
+            rows.extend(_profile_rows(keys[run_id], run_id, step, json.loads(Path(path).read_text())))
+        return rows
+
+    def rows_remote(run_id: str, tmp: str) -> list[tuple]:
+        rows = []
         listed = [f.path for f in client.list_artifacts(run_id, "diagnostics") if not f.is_dir]
-        by_step = sorted((int(Path(p).stem.split("_")[-1]), p) for p in listed if Path(p).stem.startswith("step_"))
-        chosen = by_step[-1:] if steps == "last" else by_step
-        return [(run_id, path, step) for step, path in chosen]
+        for step, path in pick(listed):
+            local = client.download_artifacts(run_id, path, os.path.join(tmp, run_id))
+            rows.extend(_profile_rows(keys[run_id], run_id, step, json.loads(Path(local).read_text())))
+        return rows
 
     with tempfile.TemporaryDirectory(prefix="mhc-ladder-diagnostics-") as tmp:
 
-        def read(item: tuple[str, str, int]) -> list[tuple]:
-            run_id, path, step = item
-            local = client.download_artifacts(run_id, path, os.path.join(tmp, run_id))
-            with open(local) as handle:
-                profile = json.load(handle)
-            return _profile_rows(keys[run_id], run_id, step, profile)
+        def read(run_id: str) -> list[tuple]:
+            root = _local_path(uris.get(run_id))
+            return rows_local(run_id, root) if root is not None else rows_remote(run_id, tmp)
 
         with ThreadPoolExecutor(_THREADS) as pool:
-            items = [item for part in pool.map(files, keys) for item in part]
-            rows = [row for part in pool.map(read, items) for row in part]
+            rows = [row for part in pool.map(read, keys) for row in part]
     return pl.DataFrame(
         rows,
         schema={"run_key": pl.String, "run_id": pl.String, "step": pl.Int64, "quantity": pl.String,
                 "layer": pl.Int64, "value": pl.Float64},
         orient="row",
     ).sort("run_key", "step", "quantity", "layer")  # fmt: skip
+
+
+def _local_path(artifact_uri: str | None) -> Path | None:
+    """The directory of a run's artifacts when they are on this machine's file system (read directly: ~50×
+    faster than MLflow's download per file), else None."""
+    if not artifact_uri:
+        return None
+    parsed = urllib.parse.urlparse(artifact_uri)
+    if parsed.scheme == "file":
+        path = Path(urllib.request.url2pathname(parsed.path))
+    elif parsed.scheme == "":
+        path = Path(artifact_uri)
+    else:
+        return None
+    return path if path.is_dir() else None
 
 
 def _profile_rows(run_key: str, run_id: str, step: int, profile: Mapping[str, Any]) -> list[tuple]:

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from kernels import MHCOps, get_ops
 from models.attention import MultiHeadLatentAttention, RotaryTables
 from models.config import ModelConfig
+from models.loss import linear_cross_entropy
 from models.moe import MoE, SwiGLU
 from models.residual import build_connection, collapse_streams, expand_streams
 
@@ -48,7 +49,7 @@ class Block(nn.Module):
 
 
 class MoETransformer(nn.Module):
-    """Decoder-only MoE language model; ``forward(tokens) → logits``."""
+    """Decoder-only MoE language model; ``forward(tokens) → logits``, ``forward(tokens, targets) → loss``."""
 
     def __init__(self, config: ModelConfig, ops: MHCOps) -> None:
         super().__init__()
@@ -59,12 +60,20 @@ class MoETransformer(nn.Module):
         self.final_norm = nn.RMSNorm(config.dim, eps=config.norm_eps)
         self.head = nn.Linear(config.dim, config.vocab_size, bias=False)
 
-    def forward(self, tokens_BS: Tensor) -> Tensor:
+    def forward(self, tokens_BS: Tensor, targets_BS: Tensor | None = None) -> Tensor:
+        """Logits (B, S, V); given ``targets_BS``, the mean cross-entropy instead (fp32, ignore_index −100).
+
+        The loss path fuses the head with the loss and never materialises the logits (`models.loss`): on the CPU
+        proxies it is much faster than ``F.cross_entropy(model(tokens), targets)``, with equal results.
+        """
         rope = self.rope(tokens_BS.shape[1])
         x_BSNC = expand_streams(self.embedding(tokens_BS), self.config.residual.n)
         for block in self.blocks:
             x_BSNC = block(x_BSNC, rope)
-        return self.head(self.final_norm(collapse_streams(x_BSNC)))
+        h_BSC = self.final_norm(collapse_streams(x_BSNC))
+        if targets_BS is None:
+            return self.head(h_BSC)
+        return linear_cross_entropy(h_BSC.flatten(0, 1), self.head.weight, targets_BS.flatten())
 
     def moe_layers(self) -> list[MoE]:
         """The DeepSeekMoE layers, in depth order (for bias updates and load statistics)."""

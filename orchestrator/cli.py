@@ -272,6 +272,7 @@ def submit(
             on_update=lambda states: live.update(_sweep_table(title, states)),
         )
     counts = {name: sum(s.state == name for s in result.states) for name in ("finished", "failed", "pending")}
+    console.print()
     console.print(
         f"launched {result.launched}; finished {counts['finished']}, failed {counts['failed']}, "
         f"pending {counts['pending']} of {len(result.states)}"

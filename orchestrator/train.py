@@ -43,6 +43,10 @@ __all__ = ["RunResult", "StepReport", "run"]
 
 log = logging.getLogger(__name__)
 
+# How long a checkpoint waits for buffered metrics to reach the store: long enough for a healthy store, short
+# enough that an outage does not stall training (the points stay buffered and are sent when it is back).
+CHECKPOINT_FLUSH_TIMEOUT_S = 10.0
+
 
 @dataclass(frozen=True, slots=True)
 class StepReport:
@@ -296,7 +300,8 @@ def _run_locked(
                 if done % training.checkpoint_every == 0 or done == total_steps:
                     # Metrics first, then the checkpoint: whatever step a resume starts from, every step before
                     # it is already in the store, so a kill at any moment leaves no gap in the histories.
-                    tracker.flush()
+                    if not tracker.flush(timeout_s=CHECKPOINT_FLUSH_TIMEOUT_S):
+                        log.warning("tracking store unreachable at step %d: metrics stay buffered", done)
                     save_checkpoint(spec.run_dir, done, checkpoint_state(done))
                 if on_step is not None:
                     on_step(StepReport(done, total_steps, step_loss, training.tokens_per_step / elapsed, val_loss))

@@ -32,7 +32,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from analysis.compare import loss_gaps
+from analysis.compare import fit_laws, loss_gaps
 from analysis.report import AnalysisConfig, Results, analyze_frames
 from analysis.runs import HISTORY_METRICS, HISTORY_SCHEMA, load_amax_profiles, load_experiment, load_history, load_runs
 from analysis.stability import SpikeRule, find_spikes
@@ -61,7 +61,7 @@ SPIKED = ("mhc", "p4", 1.0e14, 1)  # (arm, size, budget, seed): loss ×1.5 at lo
 GRAD_SPIKED = ("residual", "p16", 1.0e15, 0)  # grad norm ×8 at logged point SPIKE_AT
 SPIKE_AT = 20
 RESUMED = ("residual", "p1", 1.0e13, 0)  # re-logs logged point 10's step with RELOGGED_LOSS
-RELOGGED_LOSS = 9.0
+RELOGGED_LOSS = 5.0  # near the curve there (~5.0): a re-logged value, not a spike
 
 
 def baseline_law(C: float | np.ndarray) -> float | np.ndarray:
@@ -242,7 +242,7 @@ def synthetic_store(tmp_path_factory: pytest.TempPathFactory) -> Store:
 
 NUM_GRID_RUNS = 2 * len(SIZES) * len(BUDGETS) * len(SEEDS)
 NUM_RUNS = NUM_GRID_RUNS + 4  # diverged, oom, two on other hardware (the sweep parent is not a run)
-CONFIG = AnalysisConfig(num_bootstrap=300, num_bootstrap_surface=50)
+CONFIG = AnalysisConfig(num_bootstrap=300, chinchilla=False)  # the surface: its own test, with few starts
 
 
 @pytest.fixture(scope="module")
@@ -388,10 +388,11 @@ def test_compute_multiplier_recovers_the_planted_one(results: Results) -> None:
     mult = results.multipliers.sort("budget")
     assert mult.height == len(BUDGETS)
     for row in mult.iter_rows(named=True):
-        assert row["multiplier_lower"] <= MULTIPLIER <= row["multiplier_upper"]
-        assert row["multiplier"] == pytest.approx(MULTIPLIER, rel=0.1)
+        assert row["multiplier"] == pytest.approx(MULTIPLIER, rel=0.03)
+        assert row["multiplier_lower"] < row["multiplier"] < row["multiplier_upper"]
         assert row["multiplier_net"] == pytest.approx(row["multiplier"] * row["budget"] / row["flops"])
     top = mult.row(-1, named=True)
+    assert top["multiplier_lower"] <= MULTIPLIER <= top["multiplier_upper"]
     assert top["extrapolated"]  # 1.5 × the largest budget is beyond the baseline's fitted range
 
 
@@ -404,9 +405,24 @@ def test_baseline_law_recovers_the_planted_exponent_with_an_interval_covering_it
     assert quality["converged"] and quality["rollout_error"] < 0.01 and quality["num_points"] == 8
 
 
-def test_too_little_data_for_a_rollout_or_surface_is_a_note_not_a_fit(results: Results) -> None:
-    assert any("no Chinchilla rollout" in note for note in results.notes)
-    assert results.law_quality.filter(pl.col("law") == "chinchilla").get_column("rollout_error").is_null().all()
+def test_too_little_data_for_a_law_is_a_note_not_a_fit(runs: pl.DataFrame) -> None:
+    laws = fit_laws(runs.filter(pl.col("budget") <= BUDGETS[1]), num_bootstrap=10, chinchilla=False)
+    assert laws.params.is_empty() and laws.curves.is_empty() and not laws.bootstraps
+    assert sorted(laws.notes) == [
+        "mhc: too little data for L(C): 6 frontier runs over 2 budgets (needs >= 3 budgets and >= 4 runs)",
+        "residual: too little data for L(C): 4 frontier runs over 2 budgets (needs >= 3 budgets and >= 4 runs)",
+    ]
+
+
+def test_the_chinchilla_surface_is_fitted_per_arm_with_intervals(runs: pl.DataFrame) -> None:
+    # A few starts around the planted region instead of Chinchilla's 4,500 (10 s per arm).
+    starts = np.array([[a, b, e, 0.3, 0.3] for a in (2.0, 5.0) for b in (2.0, 5.0) for e in (0.0, 0.7)])
+    laws = fit_laws(runs, num_bootstrap=10, num_bootstrap_surface=20, surface_starts=starts)
+    surface = laws.params.filter(pl.col("law") == "chinchilla")
+    assert surface.height == 2 * 5 and surface.get_column("lower").is_not_null().all()
+    quality = laws.quality.filter(pl.col("law") == "chinchilla")
+    assert quality.get_column("num_sizes").to_list() == [3, 3] and (quality.get_column("r2_log") > 0.95).all()
+    assert any("no Chinchilla rollout" in note for note in laws.notes)  # 3 sizes: holding one out leaves 2
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -443,7 +459,7 @@ def test_the_planted_loss_and_grad_norm_spikes_are_found_and_nothing_else(result
     spiked, grad_spiked = run_row(runs, *SPIKED), run_row(runs, *GRAD_SPIKED)
     loss = results.spikes.filter(pl.col("metric") == "train/loss")
     assert loss.get_column("run_key").to_list() == [spiked["run_key"]]
-    assert loss.row(0, named=True)["peak_ratio"] > 1.3
+    assert loss.row(0, named=True)["peak_ratio"] > 1.2
     grad = results.spikes.filter(pl.col("metric") == "train/grad_norm")
     assert grad.get_column("run_key").to_list() == [grad_spiked["run_key"]]
     by_arm = {row["arm"]: row for row in results.stability_arms.iter_rows(named=True)}
@@ -459,12 +475,13 @@ def test_a_divergence_and_an_oom_are_counted_per_arm(results: Results) -> None:
 
 
 def test_a_spike_needs_history_and_a_non_finite_value_is_not_a_spike() -> None:
-    values = [5.0, 4.0, 3.9, 3.8, 9.0, 3.7, 3.6, float("inf"), 3.5, 20.0, 21.0, 3.4]
+    values = [5.0, 9.0, 4.0, 3.9, 9.0, 3.7, 3.6, float("inf"), 3.5, 20.0, 21.0, 3.4]
     history = pl.DataFrame({"run_key": "r", "run_id": "r", "step": list(range(1, 13)), "tokens": 0.0,
                             "flops": 0.0, "metric": "train/loss", "value": values})  # fmt: skip
     events = find_spikes(history, SpikeRule(metric="train/loss", factor=1.2, window=4, min_history=3))
-    # step 5 (9.0 over a median of ~3.95) and steps 10-11 as one event; step 2 lacks history; inf is not a spike
-    assert events.select("start_step", "end_step", "peak_step").rows() == [(5, 5, 5), (10, 11, 11)]
+    # step 5 (9.0 over a median of 4.5) and steps 10-11 as one event peaking at 10 (20.0 over 3.65); step 2
+    # (9.0 over 5.0) has too little history; inf is not a spike
+    assert events.select("start_step", "end_step", "peak_step").rows() == [(5, 5, 5), (10, 11, 10)]
 
 
 def test_amax_summary_gives_the_planted_profile_maximum_per_arm(results: Results) -> None:
