@@ -64,7 +64,7 @@ class RunResult:
     """How a run ended."""
 
     run_key: str
-    status: str  # FINISHED | FAILED
+    status: str  # FINISHED | FAILED | PRUNED
     steps: int
     final_val_loss: float | None = None
     failure_reason: str | None = None
@@ -160,18 +160,29 @@ def run(
     *,
     parent_run_id: str | None = None,
     on_step: Callable[[StepReport], None] | None = None,
+    on_eval: Callable[[int, float], bool] | None = None,
 ) -> RunResult:
     """Train ``spec`` to completion (or divergence), resuming from its newest checkpoint if one exists.
+
+    ``on_eval(step, val_loss)`` is called after every evaluation; returning True stops the run there (a tuner's
+    pruner): it ends KILLED with reason ``pruned`` and result status PRUNED.
 
     Holds an exclusive lock on the run directory while training: a second process given the same run (a
     resubmitted sweep while an orphaned worker still trains) waits for the first, then finds it FINISHED.
     """
     with run_lock(spec.run_dir):
-        return _run_locked(spec, parent_run_id, on_step)
+        return _run_locked(spec, parent_run_id, on_step, on_eval)
+
+
+class Pruned(Exception):
+    """The caller's ``on_eval`` asked to stop the run early."""
 
 
 def _run_locked(
-    spec: RunSpec, parent_run_id: str | None, on_step: Callable[[StepReport], None] | None
+    spec: RunSpec,
+    parent_run_id: str | None,
+    on_step: Callable[[StepReport], None] | None,
+    on_eval: Callable[[int, float], bool] | None,
 ) -> RunResult:
     existing = find_run(spec.tracking, spec.run_key)
     if existing is not None and existing.status == "FINISHED":
@@ -297,6 +308,8 @@ def _run_locked(
                 )
                 if done % training.eval_every == 0 or done == total_steps:
                     val_loss = evaluate(done)
+                    if on_eval is not None and done < total_steps and on_eval(done, val_loss):
+                        raise Pruned(f"stopped by the caller at step {done} (validation loss {val_loss:.4f})")
                 if done % training.checkpoint_every == 0 or done == total_steps:
                     # Metrics first, then the checkpoint: whatever step a resume starts from, every step before
                     # it is already in the store, so a kill at any moment leaves no gap in the histories.
@@ -310,6 +323,12 @@ def _run_locked(
             tracker.finish("FAILED", failure_reason="diverged")
             return RunResult(spec.run_key, "FAILED", steps=step + 1, failure_reason="diverged",
                              run_id=tracker.run_id, resumed_from=checkpoint and start_step, losses=losses)
+        except Pruned as error:
+            log.info("run %s %s", spec.run_key, error)
+            tracker.finish("KILLED", failure_reason="pruned")
+            return RunResult(spec.run_key, "PRUNED", steps=step + 1, final_val_loss=val_loss,
+                             failure_reason="pruned", run_id=tracker.run_id,
+                             resumed_from=checkpoint and start_step, losses=losses)
         if val_loss is None:  # resumed at the end: the final evaluation is still owed
             val_loss = evaluate(total_steps)
         tracker.log_metrics(

@@ -133,3 +133,17 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one_bit_for_bit(tmp_path
     history = MlflowClient(spec.tracking.uri).get_metric_history(resumed.run_id, "train/loss")
     by_step = {m.step: m.value for m in history}  # steps re-run after the checkpoint were logged twice, equal
     assert [by_step[s] for s in range(1, steps + 1)] == pytest.approx(reference.losses)
+
+
+def test_on_eval_can_stop_a_run_early_as_pruned(tmp_path, pd_literary_config):
+    seen = []
+
+    def prune_at_first_eval(step, val_loss):
+        seen.append((step, val_loss))
+        return True
+
+    spec = _spec(tmp_path, pd_literary_config, steps=60)
+    result = run(spec, on_eval=prune_at_first_eval)
+    assert result.status == "PRUNED" and result.steps == 20 and len(seen) == 1
+    mlflow_run = MlflowClient(spec.tracking.uri).get_run(result.run_id)
+    assert mlflow_run.info.status == "KILLED" and mlflow_run.data.tags["failure_reason"] == "pruned"
