@@ -150,6 +150,31 @@ def bench_step(
     console.print(f"rows appended to {csv_path}")
 
 
+@bench_app.command("train")
+def bench_train(
+    preset: Annotated[str, typer.Option(help="Model preset.")] = "p1",
+    steps: Annotated[int, typer.Option(help="Steps per variant.")] = 30,
+    threads: Annotated[int, typer.Option(help="torch intra-op threads.")] = 1,
+    cache_dir: Annotated[str, typer.Option(help="Data cache (the corpus builds there once).")] = "./.ladder-cache",
+) -> None:
+    """Full trainer step (data + model + optimizer + tracking) vs the model-only step, per variant."""
+    from orchestrator.bench_train import run_train_step_benchmark
+    from orchestrator.data import DataConfig
+
+    variants = [{"variant": "residual", "n": 1}] + [{"variant": v, "n": 4} for v in ("hc", "mhc", "mhc-lite")]
+    with console.status("timing training steps"):
+        rows = run_train_step_benchmark(
+            preset, variants, data=DataConfig(vocab_size=8192, cache_dir=cache_dir), steps=steps, threads=threads
+        )
+    table = Table(title=f"{preset}: full training step vs model-only step, CPU, {threads} thread(s)")
+    for column in ("variant", "n", "model-only ms", "full ms", "full tokens/s", "data + logging"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(row.variant, str(row.n), f"{row.model_step_ms:.1f}", f"{row.full_step_ms:.1f}",
+                      f"{row.full_tokens_per_s:,.0f}", f"{100 * row.overhead:+.1f}%")
+    console.print(table)
+
+
 @bench_app.command(
     "kernels", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
 )

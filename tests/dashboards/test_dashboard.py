@@ -1,0 +1,195 @@
+"""The HTML dashboard: every page written, plotly.js once beside them, nothing fetched from the network, and the
+numbers drawn are the analysis' numbers.
+
+Figures are read back out of the pages (the Plotly JSON each page embeds) and compared with the frames of the
+`Results` they were built from, so a figure that recomputed, rounded or mis-assigned a number fails here. The
+results come from `analyze` on the planted MLflow store of tests/analysis/test_runs_compare.py (shared with it,
+built once per session). How the pages look in a browser is not tested here (no browser in the test suite).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import importlib.util
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pytest
+from plotly.offline import get_plotlyjs
+
+from analysis.report import AnalysisConfig, Results, analyze, analyze_frames
+from dashboards import PLOTLY_JS, build_dashboard, figure_payloads, optuna_figure
+
+PAGES = ("index", "scaling", "comparison", "training", "amax", "overhead", "stability", "tuning")
+TRIALS = pl.DataFrame({
+    "iterations": [1, 2, 5, 10, 20, 40],
+    "loss": [3.10, 3.02, 2.96, 2.95, 2.951, 2.949],
+    "overhead": [1.0, 1.6, 3.1, 5.2, 8.4, 15.0],
+    "ds_error": [0.3, 0.1, 1e-2, 1e-3, 1e-5, 1e-8],
+    "pareto": [True, True, True, True, False, True],
+})  # fmt: skip
+
+
+def _store_helpers() -> Any:
+    """tests/analysis/test_runs_compare.py, for its planted store (tests have no package to import it from)."""
+    path = Path(__file__).resolve().parents[1] / "analysis" / "test_runs_compare.py"
+    spec = importlib.util.spec_from_file_location("_planted_mlflow_store", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while being defined
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> Results:
+    store = _store_helpers().synthetic_store(tmp_path_factory)
+    config = AnalysisConfig(num_bootstrap=200, chinchilla=False)
+    return dataclasses.replace(analyze(store.uri, store.experiment, config=config), trials=TRIALS)
+
+
+@pytest.fixture(scope="module")
+def dashboard(results: Results, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_dashboard(results, tmp_path_factory.mktemp("dashboard")).parent
+
+
+def page(dashboard: Path, name: str) -> str:
+    return (dashboard / f"{name}.html").read_text(encoding="utf-8")
+
+
+def values(encoded: Any) -> np.ndarray:
+    """A Plotly JSON array: a plain list, or a typed array {"dtype": ..., "bdata": base64}."""
+    if isinstance(encoded, dict) and "bdata" in encoded:
+        return np.frombuffer(base64.b64decode(encoded["bdata"]), dtype=np.dtype(encoded["dtype"]))
+    return np.asarray(encoded, dtype=float)
+
+
+def trace(figure: dict, name: str, xaxis: str = "x") -> dict:
+    found = [t for t in figure["data"] if t.get("name") == name and t.get("xaxis", "x") == xaxis]
+    assert len(found) == 1, [t.get("name") for t in figure["data"]]
+    return found[0]
+
+
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_every_page_is_written_with_one_plotly_js_beside_them(dashboard: Path) -> None:
+    assert sorted(p.stem for p in dashboard.glob("*.html")) == sorted(PAGES)
+    scripts = list(dashboard.rglob("*.js"))
+    assert scripts == [dashboard / PLOTLY_JS]
+    assert scripts[0].read_text(encoding="utf-8") == get_plotlyjs()
+    for name in PAGES:
+        text = page(dashboard, name)
+        assert text.count(f'<script src="{PLOTLY_JS}"') == 1
+        assert len(text) < 500_000  # plotly.js is not inlined
+
+
+def test_pages_load_nothing_from_the_network(dashboard: Path) -> None:
+    for name in PAGES:
+        for url in re.findall(r'(?:src|href)="([^"]*)"', page(dashboard, name)):
+            assert "://" not in url and not url.startswith("//"), (name, url)
+            assert (dashboard / url).exists(), (name, url)
+
+
+def test_scaling_page_draws_the_fitted_curves_and_bands_of_the_results(dashboard: Path, results: Results) -> None:
+    figure = figure_payloads(page(dashboard, "scaling"))["scaling"]
+    for arm in ("residual", "mhc"):
+        curve = results.curves.filter(pl.col("arm") == arm).sort("flops")
+        fitted = curve.filter(~pl.col("extrapolated"))
+        line = trace(figure, f"{arm} L(C) fit")
+        np.testing.assert_array_equal(values(line["x"]), fitted.get_column("flops").to_numpy())
+        np.testing.assert_array_equal(values(line["y"]), fitted.get_column("estimate").to_numpy())
+        np.testing.assert_array_equal(values(trace(figure, f"{arm} band lower")["y"]), curve.get_column("lower").to_numpy())
+        np.testing.assert_array_equal(values(trace(figure, f"{arm} band upper")["y"]), curve.get_column("upper").to_numpy())
+        points = trace(figure, arm)
+        finished = results.runs.filter(pl.col("arm") == arm, pl.col("status") == "FINISHED")
+        assert sorted(values(points["y"])) == sorted(finished.get_column("final_val_loss").to_list())
+
+
+def test_gap_page_draws_the_frontier_gaps_with_their_intervals(dashboard: Path, results: Results) -> None:
+    figure = figure_payloads(page(dashboard, "comparison"))["gap"]
+    gaps = results.frontier_gaps.filter(pl.col("arm") == "mhc").sort("budget")
+    gap = trace(figure, "mhc: frontier", xaxis="x")
+    np.testing.assert_array_equal(values(gap["x"]), gaps.get_column("budget").to_numpy())
+    np.testing.assert_array_equal(values(gap["y"]), gaps.get_column("gap").to_numpy())
+    np.testing.assert_allclose(values(gap["error_y"]["array"]), (gaps["gap_upper"] - gaps["gap"]).to_numpy())
+    ratio = trace(figure, "mhc: frontier", xaxis="x2")
+    np.testing.assert_array_equal(values(ratio["y"]), gaps.get_column("ratio").to_numpy())
+    per_size = results.gaps.filter(pl.col("arm") == "mhc", pl.col("size") == "p4").sort("budget")
+    np.testing.assert_array_equal(values(trace(figure, "mhc: size p4")["y"]), per_size.get_column("gap").to_numpy())
+    multiplier = trace(figure_payloads(page(dashboard, "comparison"))["multiplier"], "mhc")
+    np.testing.assert_array_equal(values(multiplier["y"]), results.multipliers.sort("budget")["multiplier"].to_numpy())
+
+
+def test_overhead_bars_are_the_overhead_frame_and_flagged_cells_are_marked(dashboard: Path, results: Results) -> None:
+    figure = figure_payloads(page(dashboard, "overhead"))["overhead"]
+    bars = trace(figure, "mhc", xaxis="x")  # step time
+    drawn = results.overhead.filter(pl.col("quantity") == "step_time", pl.col("change_pct").is_not_null())
+    order = {size: i for i, size in enumerate(results.sizes.get_column("size"))}
+    drawn = drawn.sort(pl.col("size").replace_strict(order))
+    np.testing.assert_array_equal(values(bars["y"]), drawn.get_column("change_pct").to_numpy())
+    flagged = [t for t in figure["data"] if t.get("name") == "mhc: not compared"]
+    assert flagged and all(text == "no baseline here" for t in flagged for text in t["text"])
+
+
+def test_amax_page_draws_the_profile_means_over_depth(dashboard: Path, results: Results) -> None:
+    figure = figure_payloads(page(dashboard, "amax"))["amax-depth-p16"]
+    summary = results.amax_summary.filter(pl.col("arm") == "mhc", pl.col("size") == "p16",
+                                          pl.col("quantity") == "composite_forward").sort("layer")  # fmt: skip
+    line = trace(figure, "mhc composite", xaxis="x")
+    np.testing.assert_array_equal(values(line["y"]), summary.get_column("mean").to_numpy())
+    assert figure["layout"]["yaxis"]["type"] == "log"
+
+
+def test_training_page_has_a_curve_per_run_and_a_menu_per_arm(dashboard: Path, results: Results) -> None:
+    figure = figure_payloads(page(dashboard, "training"))["train-loss"]
+    with_loss = results.history.filter(pl.col("metric") == "train/loss").get_column("run_key").n_unique()
+    assert len(figure["data"]) == with_loss == results.runs.height
+    labels = [b["label"] for b in figure["layout"]["updatemenus"][0]["buttons"]]
+    assert labels == ["all arms", "mhc", "residual"]
+
+
+def test_index_states_the_headline_numbers_in_words(dashboard: Path, results: Results) -> None:
+    text = page(dashboard, "index")
+    row = results.headline.filter(pl.col("arm") == "mhc").row(0, named=True)
+    assert f"loss gap is {row['gap']:+.4f}".replace("-", "−") in text
+    assert f"Compute multiplier {row['multiplier']:.3g}×" in text
+    assert f"Step-time overhead {row['step_time_overhead_pct']:+.1f}%" in text
+    assert f"forward {row['max_amax_fwd']:.4g}" in text
+    assert "NVIDIA H100 80GB HBM3" in text  # the flagged hardware is a note
+
+
+def test_too_little_data_is_said_in_words_instead_of_drawn(results: Results, tmp_path: Path) -> None:
+    one_budget = results.runs.filter(pl.col("budget") == pl.col("budget").min())
+    keys = one_budget.get_column("run_key")
+    thin = analyze_frames(
+        one_budget, results.history.filter(pl.col("run_key").is_in(keys)),
+        results.amax_profiles.filter(pl.col("run_key").is_in(keys)), config=results.config, experiment="thin",
+    )  # fmt: skip
+    out = build_dashboard(thin, tmp_path).parent
+    multiplier = figure_payloads(page(out, "comparison"))["multiplier"]
+    assert multiplier["data"] == [] and "too little data" in multiplier["layout"]["annotations"][0]["text"]
+    scaling = figure_payloads(page(out, "scaling"))["scaling"]
+    assert {t["name"] for t in scaling["data"]} == {"mhc (no fit: too little data)", "residual (no fit: too little data)"}
+    assert "too little data for L(C)" in page(out, "index") and "No compute multiplier" in page(out, "index")
+
+
+def test_optuna_panel_draws_the_trials_and_joins_the_pareto_front() -> None:
+    figure = optuna_figure(TRIALS)
+    front = trace(figure.to_plotly_json(), "Pareto front")
+    expected = TRIALS.filter(pl.col("pareto")).sort("overhead")
+    np.testing.assert_array_equal(values(front["x"]), expected.get_column("overhead").to_numpy())
+    np.testing.assert_array_equal(values(front["y"]), expected.get_column("loss").to_numpy())
+    with pytest.raises(ValueError, match="lacks columns"):
+        optuna_figure(TRIALS.drop("pareto"))
+
+
+def test_a_dashboard_rebuilt_from_the_written_data_is_the_same(dashboard: Path, tmp_path: Path) -> None:
+    rebuilt = build_dashboard(Results.read(dashboard / "data"), tmp_path, write_data=False).parent
+    for name in PAGES:
+        assert figure_payloads(page(rebuilt, name)) == figure_payloads(page(dashboard, name)), name
