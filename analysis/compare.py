@@ -1,32 +1,34 @@
-"""Variants against the baseline: loss gap and ratio, compute-optimal frontiers, per-arm scaling laws, compute multiplier.
+"""Variants vs the baseline: loss gap and ratio, compute-optimal frontiers, scaling laws, compute multiplier.
 
 All functions take the runs frame of analysis/runs.py and use its FINISHED runs that have a final validation
-loss and a ``budget`` (the grid's compute budget, in FLOPs charged at the baseline's count, so every arm at one
-grid point saw the same tokens).
+loss and a ``budget`` (the grid's compute budget, in FLOPs charged at the baseline's count, so every arm at
+one grid point saw the same tokens).
 
-- **Loss gap and ratio at matching grid points** (`loss_gaps`): each variant run is paired with the baseline run
-  of the same (size, budget, seed) -- same data order, same tokens -- giving gap = L_variant − L_baseline and ratio
-  = L_variant / L_baseline per seed. Reported: the mean over seeds and a Student-t interval on the per-seed values
-  (n − 1 degrees of freedom; none with one seed). The paper's headline (−0.021 at 27B) is such a gap.
+- **Loss gap and ratio at matching grid points** (`loss_gaps`): each variant run is paired with the baseline
+  run of the same (size, budget, seed) -- same data order, same tokens -- giving gap = L_variant − L_baseline
+  and ratio = L_variant / L_baseline per seed. Reported: the mean over seeds and a Student-t interval on the
+  per-seed values (n − 1 degrees of freedom; none with one seed). The paper's headline (−0.021 at 27B) is such
+  a gap.
 - **Compute-optimal frontier** (`frontier`): per arm and budget, the size with the lowest mean final loss. The
-  frontier gap (`frontier_gaps`) pairs, seed by seed, each arm's frontier run with the baseline's: the best loss
-  each reaches at that compute (mHC paper Fig. 6 plots this against training FLOPs).
-- **Scaling laws per arm** (`fit_laws`), built on analysis.fits/bootstrap/rollout: L(C) = E + A·C^(−α) over the
-  frontier runs (C = the run's true FLOPs, variant overhead included), bootstrap resampling whole runs for
+  frontier gap (`frontier_gaps`) pairs, seed by seed, each arm's frontier run with the baseline's: the best
+  loss each reaches at that compute (mHC paper Fig. 6 plots this against training FLOPs).
+- **Scaling laws per arm** (`fit_laws`), built on analysis.fits/bootstrap/rollout: L(C) = E + A·C^(−α) over
+  the frontier runs (C = the run's true FLOPs, variant overhead included), bootstrap resampling whole runs for
   percentile intervals on E, A, α and a pointwise band on the curve out to `extrapolate` × the largest C; the
-  rollout error (fit below the largest budget, predict it) as the fit-quality number. Optionally the Chinchilla
-  surface L(N, D) over all the arm's runs (N = activated non-embedding parameters, D = tokens).
+  rollout error (fit below the largest budget, predict it) as the fit-quality number. Optionally the
+  Chinchilla surface L(N, D) over all the arm's runs (N = activated non-embedding parameters, D = tokens).
 - **Compute multiplier** (`compute_multipliers`): at each budget, how much baseline compute reaches the arm's
-  frontier loss, by inverting the baseline's L(C): C* = (A / (L − E))^(1/α); multiplier = C* / budget, and
-  net of the arm's own FLOP overhead C* / (its true FLOPs). Interval: percentiles over the baseline law's
+  frontier loss, by inverting the baseline's L(C): C* = (A / (L − E))^(1/α); multiplier = C* / budget, and net
+  of the arm's own FLOP overhead C* / (its true FLOPs). Interval: percentiles over the baseline law's
   bootstrap resamples, each paired with a draw of the arm's mean loss, so both the law's and the arm's
-  uncertainty count. The arm's mean loss over its n seeds is drawn from a normal around the observed mean
-  with sd s/√n, s the seed-to-seed sd pooled over all the arm's grid cells with two or more seeds (resampling
-  two seeds directly would halve their variance, and one cell's two seeds barely estimate it). A loss at or below the law's floor E needs infinite baseline compute: the multiplier is
-  inf. `extrapolated` marks a C* outside the baseline's fitted range.
+  uncertainty count. The arm's mean loss over its n seeds is drawn from a normal around the observed mean with
+  sd s/√n, s the seed-to-seed sd pooled over all the arm's grid cells with two or more seeds (resampling two
+  seeds directly would halve their variance, and one cell's two seeds barely estimate it). A loss at or below
+  the law's floor E needs infinite baseline compute: the multiplier is inf. `extrapolated` marks a C* outside
+  the baseline's fitted range.
 
-Too little data for a fit (fewer than `MIN_LAW_BUDGETS` budgets on a frontier, ...) is reported in `notes`, not
-fitted.
+Too little data for a fit (fewer than `MIN_LAW_BUDGETS` budgets on a frontier, ...) is reported in `notes`,
+not fitted.
 """
 
 from __future__ import annotations
@@ -45,8 +47,8 @@ __all__ = [
     "MIN_LAW_BUDGETS",
     "MIN_SURFACE_SIZES",
     "LawFits",
-    "compute_multipliers",
     "comparable_points",
+    "compute_multipliers",
     "fit_laws",
     "frontier",
     "frontier_gaps",
@@ -103,11 +105,29 @@ def _summarise_pairs(pairs: pl.DataFrame, by: list[str], confidence: float) -> p
         pl.col("flops").mean(),
         pl.col("baseline_flops").mean(),
     )
-    return _t_interval(_t_interval(summary, "gap", confidence), "ratio", confidence).sort(by)
+    out = _t_interval(_t_interval(summary, "gap", confidence), "ratio", confidence)
+    return out.select(
+        *by,
+        "num_seeds",
+        "loss",
+        "baseline_loss",
+        "gap",
+        "gap_lower",
+        "gap_upper",
+        "ratio",
+        "ratio_lower",
+        "ratio_upper",
+        "flops",
+        "baseline_flops",
+    ).sort(by)
 
 
 def loss_gaps(
-    runs: pl.DataFrame, *, baseline: str = "residual", confidence: float = 0.95, exclude_repeated: bool = False
+    runs: pl.DataFrame,
+    *,
+    baseline: str = "residual",
+    confidence: float = 0.95,
+    exclude_repeated: bool = False,
 ) -> pl.DataFrame:
     """Gap and ratio of each non-baseline arm against the baseline at matching (size, budget, seed).
 
@@ -119,15 +139,22 @@ def loss_gaps(
     base = (
         points.filter(pl.col("arm") == baseline)
         .group_by(_KEY)
-        .agg(pl.col("final_val_loss").mean().alias("baseline_loss"), pl.col("final_flops").mean().alias("baseline_flops"))
+        .agg(
+            pl.col("final_val_loss").mean().alias("baseline_loss"),
+            pl.col("final_flops").mean().alias("baseline_flops"),
+        )
     )
     pairs = (
         points.filter(pl.col("arm") != baseline)
         .join(base, on=_KEY, how="inner")
         .select(
-            "arm", *_KEY, pl.col("final_val_loss").alias("loss"), "baseline_loss",
-            pl.col("final_flops").alias("flops"), "baseline_flops",
-        )  # fmt: skip
+            "arm",
+            *_KEY,
+            pl.col("final_val_loss").alias("loss"),
+            "baseline_loss",
+            pl.col("final_flops").alias("flops"),
+            "baseline_flops",
+        )
         .with_columns(
             (pl.col("loss") - pl.col("baseline_loss")).alias("gap"),
             (pl.col("loss") / pl.col("baseline_loss")).alias("ratio"),
@@ -162,7 +189,11 @@ def _frontier_runs(runs: pl.DataFrame, exclude_repeated: bool) -> pl.DataFrame:
 
 
 def frontier_gaps(
-    runs: pl.DataFrame, *, baseline: str = "residual", confidence: float = 0.95, exclude_repeated: bool = False
+    runs: pl.DataFrame,
+    *,
+    baseline: str = "residual",
+    confidence: float = 0.95,
+    exclude_repeated: bool = False,
 ) -> pl.DataFrame:
     """Each arm's frontier loss against the baseline's at the same budget, paired by seed.
 
@@ -170,16 +201,26 @@ def frontier_gaps(
     """
     on_frontier = _frontier_runs(runs, exclude_repeated)
     base = on_frontier.filter(pl.col("arm") == baseline).select(
-        "budget", "seed", pl.col("size").alias("baseline_size"),
-        pl.col("final_val_loss").alias("baseline_loss"), pl.col("final_flops").alias("baseline_flops"),
-    )  # fmt: skip
+        "budget",
+        "seed",
+        pl.col("size").alias("baseline_size"),
+        pl.col("final_val_loss").alias("baseline_loss"),
+        pl.col("final_flops").alias("baseline_flops"),
+    )
     pairs = (
         on_frontier.filter(pl.col("arm") != baseline)
         .join(base, on=["budget", "seed"], how="inner")
         .select(
-            "arm", "budget", "size", "baseline_size", "seed", pl.col("final_val_loss").alias("loss"),
-            "baseline_loss", pl.col("final_flops").alias("flops"), "baseline_flops",
-        )  # fmt: skip
+            "arm",
+            "budget",
+            "size",
+            "baseline_size",
+            "seed",
+            pl.col("final_val_loss").alias("loss"),
+            "baseline_loss",
+            pl.col("final_flops").alias("flops"),
+            "baseline_flops",
+        )
         .with_columns(
             (pl.col("loss") - pl.col("baseline_loss")).alias("gap"),
             (pl.col("loss") / pl.col("baseline_loss")).alias("ratio"),
@@ -200,7 +241,8 @@ class LawFits:
     """arm, law ("compute" or "chinchilla"), param, estimate, std_error, lower, upper."""
     quality: pl.DataFrame
     """arm, law, num_points, num_budgets, num_sizes, converged, r2_log, num_bootstrap_converged,
-    rollout_error (mean |L̂/L − 1| of the held-out points), rollout_split_by, rollout_split_at, rollout_held_out."""
+    rollout_error (mean |L̂/L − 1| of the held-out points), rollout_split_by, rollout_split_at,
+    rollout_held_out."""
     curves: pl.DataFrame
     """arm, flops, estimate, lower, upper, extrapolated (beyond the largest fitted C): the L(C) curves."""
     bootstraps: dict[str, Bootstrap] = field(repr=False)
@@ -209,14 +251,37 @@ class LawFits:
     """What was not fitted and why."""
 
 
-_PARAMS_SCHEMA = {"arm": pl.String, "law": pl.String, "param": pl.String, "estimate": pl.Float64,
-                  "std_error": pl.Float64, "lower": pl.Float64, "upper": pl.Float64}  # fmt: skip
-_QUALITY_SCHEMA = {"arm": pl.String, "law": pl.String, "num_points": pl.Int64, "num_budgets": pl.Int64,
-                   "num_sizes": pl.Int64, "converged": pl.Boolean, "r2_log": pl.Float64,
-                   "num_bootstrap_converged": pl.Int64, "rollout_error": pl.Float64, "rollout_split_by": pl.String,
-                   "rollout_split_at": pl.Float64, "rollout_held_out": pl.Int64}  # fmt: skip
-_CURVES_SCHEMA = {"arm": pl.String, "flops": pl.Float64, "estimate": pl.Float64, "lower": pl.Float64,
-                  "upper": pl.Float64, "extrapolated": pl.Boolean}  # fmt: skip
+_PARAMS_SCHEMA = {
+    "arm": pl.String,
+    "law": pl.String,
+    "param": pl.String,
+    "estimate": pl.Float64,
+    "std_error": pl.Float64,
+    "lower": pl.Float64,
+    "upper": pl.Float64,
+}
+_QUALITY_SCHEMA = {
+    "arm": pl.String,
+    "law": pl.String,
+    "num_points": pl.Int64,
+    "num_budgets": pl.Int64,
+    "num_sizes": pl.Int64,
+    "converged": pl.Boolean,
+    "r2_log": pl.Float64,
+    "num_bootstrap_converged": pl.Int64,
+    "rollout_error": pl.Float64,
+    "rollout_split_by": pl.String,
+    "rollout_split_at": pl.Float64,
+    "rollout_held_out": pl.Int64,
+}
+_CURVES_SCHEMA = {
+    "arm": pl.String,
+    "flops": pl.Float64,
+    "estimate": pl.Float64,
+    "lower": pl.Float64,
+    "upper": pl.Float64,
+    "extrapolated": pl.Boolean,
+}
 
 
 def fit_laws(
@@ -261,15 +326,25 @@ def fit_laws(
                 f"(needs >= {MIN_LAW_BUDGETS} budgets and >= 4 runs)"
             )
         else:
-            boot, rows, band = _compute_law(mine, arm, num_bootstrap, confidence, arm_seed, extrapolate,
-                                            num_curve_points, notes)  # fmt: skip
+            boot, rows, band = _compute_law(
+                mine, arm, num_bootstrap, confidence, arm_seed, extrapolate, num_curve_points, notes
+            )
             bootstraps[arm] = boot
             params.append(_param_rows(boot, arm, "compute", confidence))
             quality.append(rows)
             curves.append(band)
         if chinchilla:
-            _surface(points.filter(pl.col("arm") == arm), arm, num_bootstrap_surface, confidence, arm_seed,
-                     surface_starts, params, quality, notes)  # fmt: skip
+            _surface(
+                points.filter(pl.col("arm") == arm),
+                arm,
+                num_bootstrap_surface,
+                confidence,
+                arm_seed,
+                surface_starts,
+                params,
+                quality,
+                notes,
+            )
     return LawFits(
         params=pl.concat(params) if params else pl.DataFrame(schema=_PARAMS_SCHEMA),
         quality=pl.concat(quality) if quality else pl.DataFrame(schema=_QUALITY_SCHEMA),
@@ -280,9 +355,11 @@ def fit_laws(
 
 
 def _param_rows(boot: Bootstrap, arm: str, law: str, confidence: float) -> pl.DataFrame:
-    return boot.summary(confidence).select(
-        pl.lit(arm).alias("arm"), pl.lit(law).alias("law"), pl.all()
-    ).cast(_PARAMS_SCHEMA)
+    return (
+        boot.summary(confidence)
+        .select(pl.lit(arm).alias("arm"), pl.lit(law).alias("law"), pl.all())
+        .cast(_PARAMS_SCHEMA)
+    )
 
 
 def _compute_law(
@@ -297,34 +374,60 @@ def _compute_law(
 ) -> tuple[Bootstrap, pl.DataFrame, pl.DataFrame]:
     C, loss = mine.get_column("final_flops"), mine.get_column("final_val_loss")
     fit = fit_compute_law(C, loss)
-    boot = bootstrap_compute_law(C, loss, groups=mine.get_column("run_key"), fit=fit,
-                                 num_samples=num_bootstrap, seed=seed)  # fmt: skip
+    boot = bootstrap_compute_law(
+        C, loss, groups=mine.get_column("run_key"), fit=fit, num_samples=num_bootstrap, seed=seed
+    )
     if not fit.converged:
         notes.append(f"{arm}: the L(C) fit did not converge from any start; its numbers are the best reached")
     lo, hi = float(C.min()), float(C.max())
     grid = np.geomspace(lo / 1.5, hi * extrapolate, num_curve_points)
     band = boot.band(grid, confidence=confidence)
     curve = pl.DataFrame(
-        {"arm": arm, "flops": grid, "estimate": band.estimate, "lower": band.lower, "upper": band.upper,
-         "extrapolated": grid > hi},
+        {
+            "arm": arm,
+            "flops": grid,
+            "estimate": band.estimate,
+            "lower": band.lower,
+            "upper": band.upper,
+            "extrapolated": grid > hi,
+        },
         schema=_CURVES_SCHEMA,
-    )  # fmt: skip
-    rollout = {"rollout_error": None, "rollout_split_by": None, "rollout_split_at": None, "rollout_held_out": None}
+    )
+    rollout = {
+        "rollout_error": None,
+        "rollout_split_by": None,
+        "rollout_split_at": None,
+        "rollout_held_out": None,
+    }
     budgets = mine.get_column("budget")
     below = mine.filter(budgets < budgets.max())
     if below.get_column("budget").n_unique() >= MIN_LAW_BUDGETS and below.height > 3:
         split_at = float(below.get_column("final_flops").max())
         result = rollout_compute_law(C, loss, split_at=split_at)
-        rollout = {"rollout_error": result.mean_abs_relative_error, "rollout_split_by": "C",
-                   "rollout_split_at": split_at, "rollout_held_out": int(result.test_index.size)}  # fmt: skip
+        rollout = {
+            "rollout_error": result.mean_abs_relative_error,
+            "rollout_split_by": "C",
+            "rollout_split_at": split_at,
+            "rollout_held_out": int(result.test_index.size),
+        }
     else:
         notes.append(f"{arm}: no L(C) rollout: the budgets below the largest do not determine the law")
     row = pl.DataFrame(
-        [{"arm": arm, "law": "compute", "num_points": fit.num_points, "num_budgets": budgets.n_unique(),
-          "num_sizes": mine.get_column("size").n_unique(), "converged": fit.converged, "r2_log": fit.r2_log,
-          "num_bootstrap_converged": boot.num_converged, **rollout}],
+        [
+            {
+                "arm": arm,
+                "law": "compute",
+                "num_points": fit.num_points,
+                "num_budgets": budgets.n_unique(),
+                "num_sizes": mine.get_column("size").n_unique(),
+                "converged": fit.converged,
+                "r2_log": fit.r2_log,
+                "num_bootstrap_converged": boot.num_converged,
+                **rollout,
+            }
+        ],
         schema=_QUALITY_SCHEMA,
-    )  # fmt: skip
+    )
     return boot, row, curve
 
 
@@ -353,51 +456,92 @@ def _surface(
     fit = fit_chinchilla(N, D, loss, starts=starts)
     num_converged = None
     if num_bootstrap >= 2:
-        boot = bootstrap_chinchilla(N, D, loss, groups=mine.get_column("run_key"), fit=fit,
-                                    num_samples=num_bootstrap, seed=seed)  # fmt: skip
+        boot = bootstrap_chinchilla(
+            N, D, loss, groups=mine.get_column("run_key"), fit=fit, num_samples=num_bootstrap, seed=seed
+        )
         params.append(_param_rows(boot, arm, "chinchilla", confidence))
         num_converged = boot.num_converged
     else:
         params.append(
             pl.DataFrame(
-                {"arm": arm, "law": "chinchilla", "param": list(fit.param_names),
-                 "estimate": list(fit.params.values()), "std_error": None, "lower": None, "upper": None},
+                {
+                    "arm": arm,
+                    "law": "chinchilla",
+                    "param": list(fit.param_names),
+                    "estimate": list(fit.params.values()),
+                    "std_error": None,
+                    "lower": None,
+                    "upper": None,
+                },
                 schema=_PARAMS_SCHEMA,
-            )  # fmt: skip
+            )
         )
-    rollout = {"rollout_error": None, "rollout_split_by": None, "rollout_split_at": None, "rollout_held_out": None}
+    rollout = {
+        "rollout_error": None,
+        "rollout_split_by": None,
+        "rollout_split_at": None,
+        "rollout_held_out": None,
+    }
     if num_sizes > MIN_SURFACE_SIZES:
         result = rollout_chinchilla(N, D, loss, split_by="N", starts=starts)
-        rollout = {"rollout_error": result.mean_abs_relative_error, "rollout_split_by": "N",
-                   "rollout_split_at": result.split_at, "rollout_held_out": int(result.test_index.size)}  # fmt: skip
+        rollout = {
+            "rollout_error": result.mean_abs_relative_error,
+            "rollout_split_by": "N",
+            "rollout_split_at": result.split_at,
+            "rollout_held_out": int(result.test_index.size),
+        }
     else:
-        notes.append(f"{arm}: no Chinchilla rollout: holding out the largest size leaves < {MIN_SURFACE_SIZES} sizes")
+        notes.append(
+            f"{arm}: no Chinchilla rollout: holding out the largest size leaves < {MIN_SURFACE_SIZES} sizes"
+        )
     quality.append(
         pl.DataFrame(
-            [{"arm": arm, "law": "chinchilla", "num_points": fit.num_points,
-              "num_budgets": mine.get_column("budget").n_unique(), "num_sizes": num_sizes,
-              "converged": fit.converged, "r2_log": fit.r2_log, "num_bootstrap_converged": num_converged,
-              **rollout}],
+            [
+                {
+                    "arm": arm,
+                    "law": "chinchilla",
+                    "num_points": fit.num_points,
+                    "num_budgets": mine.get_column("budget").n_unique(),
+                    "num_sizes": num_sizes,
+                    "converged": fit.converged,
+                    "r2_log": fit.r2_log,
+                    "num_bootstrap_converged": num_converged,
+                    **rollout,
+                }
+            ],
             schema=_QUALITY_SCHEMA,
-        )  # fmt: skip
+        )
     )
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Compute multiplier.
 
-_MULTIPLIER_SCHEMA = {"arm": pl.String, "budget": pl.Float64, "size": pl.String, "num_seeds": pl.Int64,
-                      "loss": pl.Float64, "flops": pl.Float64, "baseline_flops_needed": pl.Float64,
-                      "multiplier": pl.Float64, "multiplier_lower": pl.Float64, "multiplier_upper": pl.Float64,
-                      "multiplier_net": pl.Float64, "multiplier_net_lower": pl.Float64,
-                      "multiplier_net_upper": pl.Float64, "extrapolated": pl.Boolean}  # fmt: skip
+_MULTIPLIER_SCHEMA = {
+    "arm": pl.String,
+    "budget": pl.Float64,
+    "size": pl.String,
+    "num_seeds": pl.Int64,
+    "loss": pl.Float64,
+    "flops": pl.Float64,
+    "baseline_flops_needed": pl.Float64,
+    "multiplier": pl.Float64,
+    "multiplier_lower": pl.Float64,
+    "multiplier_upper": pl.Float64,
+    "multiplier_net": pl.Float64,
+    "multiplier_net_lower": pl.Float64,
+    "multiplier_net_upper": pl.Float64,
+    "extrapolated": pl.Boolean,
+}
 
 
 def _baseline_compute(loss: np.ndarray, E: np.ndarray, A: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """C* with E + A·C*^(−α) = loss; inf where loss <= E (the law never gets there)."""
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         excess = loss - E
-        return np.where(excess > 0, np.exp((np.log(A) - np.log(np.where(excess > 0, excess, 1.0))) / alpha), np.inf)
+        return np.where(
+            excess > 0, np.exp((np.log(A) - np.log(np.where(excess > 0, excess, 1.0))) / alpha), np.inf
+        )
 
 
 def _pooled_seed_sd(points: pl.DataFrame) -> dict[str, float]:
@@ -425,7 +569,8 @@ def compute_multipliers(
 
     One row per (arm, budget) of each non-baseline arm's frontier: size, num_seeds, loss (mean), flops (the
     arm's mean true FLOPs), baseline_flops_needed (C*), multiplier = C*/budget with its interval,
-    multiplier_net = C*/flops with its interval, extrapolated (C* outside the baseline's fitted compute range).
+    multiplier_net = C*/flops with its interval, extrapolated (C* outside the baseline's fitted compute
+    range).
     Empty when the baseline has no L(C) fit.
     """
     boot = laws.bootstraps.get(baseline)
@@ -445,16 +590,29 @@ def compute_multipliers(
     ):
         losses = cell.get_column("final_val_loss").to_numpy()
         flops = float(cell.get_column("final_flops").mean())
-        needed = float(_baseline_compute(np.array(losses.mean()), fit.params["E"], fit.params["A"], fit.params["alpha"]))
+        needed = float(
+            _baseline_compute(np.array(losses.mean()), fit.params["E"], fit.params["A"], fit.params["alpha"])
+        )
         sd = seed_sd.get(arm, 0.0) / np.sqrt(losses.size)
         drawn = losses.mean() + sd * rng.standard_normal(samples.shape[0])
         needed_b = _baseline_compute(drawn, samples[:, 0], samples[:, 1], samples[:, 2])
         lo, hi = np.percentile(needed_b, [tail, 100 - tail], method="inverted_cdf")
         rows.append(
-            {"arm": arm, "budget": budget, "size": size, "num_seeds": losses.size, "loss": float(losses.mean()),
-             "flops": flops, "baseline_flops_needed": needed, "multiplier": needed / budget,
-             "multiplier_lower": lo / budget, "multiplier_upper": hi / budget, "multiplier_net": needed / flops,
-             "multiplier_net_lower": lo / flops, "multiplier_net_upper": hi / flops,
-             "extrapolated": not c_lo <= needed <= c_hi}  # fmt: skip
+            {
+                "arm": arm,
+                "budget": budget,
+                "size": size,
+                "num_seeds": losses.size,
+                "loss": float(losses.mean()),
+                "flops": flops,
+                "baseline_flops_needed": needed,
+                "multiplier": needed / budget,
+                "multiplier_lower": lo / budget,
+                "multiplier_upper": hi / budget,
+                "multiplier_net": needed / flops,
+                "multiplier_net_lower": lo / flops,
+                "multiplier_net_upper": hi / flops,
+                "extrapolated": not c_lo <= needed <= c_hi,
+            }
         )
     return pl.DataFrame(rows, schema=_MULTIPLIER_SCHEMA).sort("arm", "budget")

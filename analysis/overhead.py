@@ -1,15 +1,16 @@
-"""What each variant costs: step-time, tokens/s and peak-memory overhead over the baseline, per size and hardware.
+"""What each variant costs: step time, tokens/s and peak memory over the baseline, per size and hardware.
 
-A comparison is made only within one *cell*: the same size, the same ``hardware`` tag (falling back to ``device``)
-and the same tokens per optimizer step (step time scales with it; a sweep may zip batch size with budget). Runs on
-different hardware are never pooled: a variant that ran at a size on hardware where the baseline did not gets a
-row with status ``no_baseline_on_this_hardware`` and the hardware the baseline did run on, and no number.
+A comparison is made only within one *cell*: the same size, the same ``hardware`` tag (falling back to
+``device``) and the same tokens per optimizer step (step time scales with it; a sweep may zip batch size with
+budget). Runs on different hardware are never pooled: a variant that ran at a size on hardware where the
+baseline did not gets a row with status ``no_baseline_on_this_hardware`` (``no_baseline_at_this_size`` where
+the baseline has no finished run at that size at all) and the hardware the baseline did run on, and no number.
 
 Per run the quantity is the median step time after the warm-up (analysis/runs.py), tokens/s at that median, or
 ``final/peak_memory_mb``; only FINISHED runs count. Across runs (seeds, budgets) the change is the ratio of
-geometric means minus one, in percent, with a Welch t-interval on the difference of mean logs (Welch-Satterthwaite
-degrees of freedom), exponentiated: multiplicative effects, unequal spreads, and honest width with few runs. One
-run on either side gives the point estimate and status ``too_few_runs``.
+geometric means minus one, in percent, with a Welch t-interval on the difference of mean logs
+(Welch-Satterthwaite degrees of freedom), exponentiated: multiplicative effects, unequal spreads, and honest
+width with few runs. One run on either side gives the point estimate and status ``too_few_runs``.
 
 For tokens/s a negative change is a cost; for step time and memory a positive one.
 """
@@ -22,16 +23,31 @@ from scipy import stats
 
 __all__ = ["OVERHEAD_QUANTITIES", "overhead"]
 
-OVERHEAD_QUANTITIES = {"step_time": "step_time_s", "tokens_per_s": "tokens_per_s", "peak_memory": "peak_memory_mb"}
+OVERHEAD_QUANTITIES = {
+    "step_time": "step_time_s",
+    "tokens_per_s": "tokens_per_s",
+    "peak_memory": "peak_memory_mb",
+}
 """Quantity name -> runs-frame column."""
 
 _CELL = ["size", "hardware", "tokens_per_step"]
 _SCHEMA = {
-    "size": pl.String, "hardware": pl.String, "tokens_per_step": pl.Float64, "arm": pl.String, "quantity": pl.String,
-    "num_runs": pl.Int64, "num_baseline_runs": pl.Int64, "value": pl.Float64, "baseline_value": pl.Float64,
-    "change_pct": pl.Float64, "lower_pct": pl.Float64, "upper_pct": pl.Float64, "status": pl.String,
-    "baseline_hardware": pl.String, "size_on_several_hardware": pl.Boolean,
-}  # fmt: skip
+    "size": pl.String,
+    "hardware": pl.String,
+    "tokens_per_step": pl.Float64,
+    "arm": pl.String,
+    "quantity": pl.String,
+    "num_runs": pl.Int64,
+    "num_baseline_runs": pl.Int64,
+    "value": pl.Float64,
+    "baseline_value": pl.Float64,
+    "change_pct": pl.Float64,
+    "lower_pct": pl.Float64,
+    "upper_pct": pl.Float64,
+    "status": pl.String,
+    "baseline_hardware": pl.String,
+    "size_on_several_hardware": pl.Boolean,
+}
 
 
 def _welch(x: np.ndarray, y: np.ndarray, confidence: float) -> tuple[float, float | None, float | None]:
@@ -52,10 +68,11 @@ def _welch(x: np.ndarray, y: np.ndarray, confidence: float) -> tuple[float, floa
 def overhead(runs: pl.DataFrame, *, baseline: str = "residual", confidence: float = 0.95) -> pl.DataFrame:
     """Overhead of every non-baseline arm per (size, hardware, tokens_per_step) cell and quantity.
 
-    Columns: size, hardware, tokens_per_step, arm, quantity (step_time | tokens_per_s | peak_memory), num_runs,
-    num_baseline_runs, value and baseline_value (geometric means), change_pct, lower_pct, upper_pct, status (ok |
-    too_few_runs | no_baseline_on_this_hardware), baseline_hardware (where the baseline ran at this size, for
-    flagged rows), size_on_several_hardware (the size's runs span several hardware tags: read per hardware).
+    Columns: size, hardware, tokens_per_step, arm, quantity (step_time | tokens_per_s | peak_memory),
+    num_runs, num_baseline_runs, value and baseline_value (geometric means), change_pct, lower_pct, upper_pct,
+    status (ok | too_few_runs | no_baseline_on_this_hardware | no_baseline_at_this_size), baseline_hardware
+    (where the baseline ran at this size, for flagged rows), size_on_several_hardware (the size's runs span
+    several hardware tags: read per hardware).
     """
     finished = runs.filter(pl.col("status") == "FINISHED")
     spread = finished.group_by("size").agg(pl.col("hardware").n_unique().alias("_num_hw"))
@@ -64,18 +81,31 @@ def overhead(runs: pl.DataFrame, *, baseline: str = "residual", confidence: floa
         .group_by("size")
         .agg(pl.col("hardware").unique().sort().str.join(", ").alias("_base_hw"))
     )
+    baseline_sizes = set(finished.filter(pl.col("arm") == baseline).get_column("size").to_list())
     rows = []
     for quantity, column in OVERHEAD_QUANTITIES.items():
         usable = finished.filter(pl.col(column).is_finite() & (pl.col(column) > 0))
         groups = {key: cell.get_column(column).to_numpy() for key, cell in usable.group_by([*_CELL, "arm"])}
-        for (size, hardware, tps, arm), values in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        for (size, hardware, tps, arm), values in sorted(
+            groups.items(), key=lambda kv: tuple(map(str, kv[0]))
+        ):
             if arm == baseline:
                 continue
             base = groups.get((size, hardware, tps, baseline))
-            row = {"size": size, "hardware": hardware, "tokens_per_step": tps, "arm": arm, "quantity": quantity,
-                   "num_runs": values.size, "value": float(np.exp(np.log(values).mean()))}  # fmt: skip
+            row = {
+                "size": size,
+                "hardware": hardware,
+                "tokens_per_step": tps,
+                "arm": arm,
+                "quantity": quantity,
+                "num_runs": values.size,
+                "value": float(np.exp(np.log(values).mean())),
+            }
             if base is None:
-                row.update(status="no_baseline_on_this_hardware", num_baseline_runs=0)
+                status = (
+                    "no_baseline_on_this_hardware" if size in baseline_sizes else "no_baseline_at_this_size"
+                )
+                row.update(status=status, num_baseline_runs=0)
             else:
                 change, lo, hi = _welch(values, base, confidence)
                 row.update(
@@ -87,15 +117,19 @@ def overhead(runs: pl.DataFrame, *, baseline: str = "residual", confidence: floa
                     status="ok" if lo is not None else "too_few_runs",
                 )
             rows.append(row)
-    frame = pl.DataFrame(rows, schema={k: v for k, v in _SCHEMA.items() if k not in ("baseline_hardware",
-                                                                                    "size_on_several_hardware")})
+    frame = pl.DataFrame(
+        rows,
+        schema={
+            k: v for k, v in _SCHEMA.items() if k not in ("baseline_hardware", "size_on_several_hardware")
+        },
+    )
     return (
         frame.join(spread, on="size", how="left")
         .join(base_hw, on="size", how="left")
         .with_columns(
-            pl.when(pl.col("status") == "no_baseline_on_this_hardware").then(pl.col("_base_hw")).alias(
-                "baseline_hardware"
-            ),
+            pl.when(pl.col("status") == "no_baseline_on_this_hardware")
+            .then(pl.col("_base_hw"))
+            .alias("baseline_hardware"),
             (pl.col("_num_hw") > 1).fill_null(False).alias("size_on_several_hardware"),
         )
         .drop("_num_hw", "_base_hw")

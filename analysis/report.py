@@ -1,13 +1,13 @@
 """One call from an MLflow experiment to every analysis result, as Polars frames written to parquet/JSON.
 
     results = analyze("sqlite:///mlruns.db", "quickstart", "dashboards/quickstart/data")
-    results.headline            # per arm: loss gap at the largest budget, compute multiplier, overhead %, max Amax
+    results.headline   # per arm: loss gap at the largest budget, compute multiplier, overhead %, max Amax
     Results.read("dashboards/quickstart/data")     # the same object, back from disk (no MLflow needed)
 
-`analyze` reads the store (analysis/runs.py), then `analyze_frames` runs the comparisons (analysis/compare.py),
-the overhead (analysis/overhead.py) and the stability summaries (analysis/stability.py) on the frames. The
-dashboards (dashboards/) draw only what is in `Results`: every number on a page is a number in one of these
-frames. What could not be computed, and why, is in `Results.notes`.
+`analyze` reads the store (analysis/runs.py), then `analyze_frames` runs the comparisons
+(analysis/compare.py), the overhead (analysis/overhead.py) and the stability summaries (analysis/stability.py)
+on the frames. The dashboards (dashboards/) draw only what is in `Results`: every number on a page is a number
+in one of these frames. What could not be computed, and why, is in `Results.notes`.
 """
 
 from __future__ import annotations
@@ -163,7 +163,13 @@ def analyze(
     runs, history = load_experiment(tracking_uri, experiment, config.history_metrics)
     profiles = load_amax_profiles(tracking_uri, experiment, runs=runs, steps="last")
     results = analyze_frames(
-        runs, history, profiles, config=config, experiment=experiment, tracking_uri=tracking_uri, trials=trials
+        runs,
+        history,
+        profiles,
+        config=config,
+        experiment=experiment,
+        tracking_uri=tracking_uri,
+        trials=trials,
     )
     if out_dir is not None:
         results.write(out_dir)
@@ -206,11 +212,13 @@ def analyze_frames(
     if multipliers.is_empty() and runs.get_column("arm").n_unique() > 1:
         notes.append(f"no compute multipliers: the baseline ({config.baseline}) has no L(C) fit")
     costs = overhead(runs, baseline=config.baseline, confidence=config.confidence)
-    flagged = costs.filter(pl.col("status") == "no_baseline_on_this_hardware", pl.col("quantity") == "step_time")
+    flagged = costs.filter(
+        pl.col("status") == "no_baseline_on_this_hardware", pl.col("quantity") == "step_time"
+    )
     for row in flagged.iter_rows(named=True):
         notes.append(
-            f"overhead of {row['arm']} at {row['size']} on {row['hardware']!r} not computed: the baseline ran at "
-            f"this size only on {row['baseline_hardware'] or 'no hardware'} (hardware is never mixed)"
+            f"overhead of {row['arm']} at {row['size']} on {row['hardware']!r} not computed: the baseline "
+            f"ran at this size only on {row['baseline_hardware']} (hardware is never mixed)"
         )
     per_run, events = stability_by_run(runs, history, rules=config.spike_rules)
     sizes = (
@@ -260,7 +268,9 @@ def _data_notes(runs: pl.DataFrame, config: AnalysisConfig, notes: list[str]) ->
         notes.append("the experiment has no runs")
         return
     if runs.filter(pl.col("arm") == config.baseline).is_empty():
-        notes.append(f"no runs of the baseline arm {config.baseline!r}: no loss gaps, multipliers or overheads")
+        notes.append(
+            f"no runs of the baseline arm {config.baseline!r}: no loss gaps, multipliers or overheads"
+        )
     if (missing := runs.filter(pl.col("status") == "FINISHED", pl.col("budget").is_null()).height) > 0:
         notes.append(f"{missing} finished runs have no budget tag and are left out of comparisons and fits")
     if (repeated := runs.filter(pl.col("repeated_data")).height) > 0:
@@ -275,37 +285,72 @@ def _headline(
 ) -> pl.DataFrame:
     """Per arm: loss gap and ratio at the largest budget the arm and the baseline share on their frontiers
     (with t-intervals over seeds), the compute multiplier there (bootstrap interval), step-time and memory
-    overhead at the largest size on the reference hardware (the one with the most finished runs), and the largest
+    overhead at the largest size on the reference hardware (the one with the most finished runs), and the
+    largest
     composite Amax (fwd, bwd) at the runs' last evaluations."""
     finished = runs.filter(pl.col("status") == "FINISHED")
     reference = (
-        finished.group_by("hardware").len().sort("len", "hardware", descending=[True, False]).get_column("hardware")
+        finished.group_by("hardware")
+        .len()
+        .sort("len", "hardware", descending=[True, False])
+        .get_column("hardware")
     )
     hardware = reference[0] if reference.len() else None
     size_rank = {s: i for i, s in enumerate(sizes.get_column("size").to_list())}
     rows = []
     for arm in sorted(runs.get_column("arm").unique().to_list()):
-        row: dict[str, Any] = {"arm": arm, "is_baseline": arm == config.baseline, "runs": runs.filter(pl.col("arm") == arm).height}
+        row: dict[str, Any] = {
+            "arm": arm,
+            "is_baseline": arm == config.baseline,
+            "runs": runs.filter(pl.col("arm") == arm).height,
+        }
         gap = parts["frontier_gaps"].filter(pl.col("arm") == arm).sort("budget")
         if gap.height:
             last = gap.row(-1, named=True)
-            row.update({k: last[k] for k in ("budget", "size", "baseline_size", "num_seeds", "gap", "gap_lower",
-                                             "gap_upper", "ratio", "ratio_lower", "ratio_upper")})  # fmt: skip
+            row.update(
+                {
+                    k: last[k]
+                    for k in (
+                        "budget",
+                        "size",
+                        "baseline_size",
+                        "num_seeds",
+                        "gap",
+                        "gap_lower",
+                        "gap_upper",
+                        "ratio",
+                        "ratio_lower",
+                        "ratio_upper",
+                    )
+                }
+            )
             mult = parts["multipliers"].filter(pl.col("arm") == arm, pl.col("budget") == last["budget"])
             if mult.height:
                 m = mult.row(0, named=True)
-                row.update(multiplier=m["multiplier"], multiplier_lower=m["multiplier_lower"],
-                           multiplier_upper=m["multiplier_upper"], multiplier_extrapolated=m["extrapolated"])  # fmt: skip
+                row.update(
+                    multiplier=m["multiplier"],
+                    multiplier_lower=m["multiplier_lower"],
+                    multiplier_upper=m["multiplier_upper"],
+                    multiplier_extrapolated=m["extrapolated"],
+                )
         for quantity in ("step_time", "peak_memory"):
             cost = parts["overhead"].filter(
-                pl.col("arm") == arm, pl.col("quantity") == quantity, pl.col("hardware") == hardware,
+                pl.col("arm") == arm,
+                pl.col("quantity") == quantity,
+                pl.col("hardware") == hardware,
                 pl.col("change_pct").is_not_null(),
-            )  # fmt: skip
+            )
             if cost.height:
                 top = max(cost.iter_rows(named=True), key=lambda r: size_rank.get(r["size"], -1))
-                row.update({f"{quantity}_overhead_pct": top["change_pct"], f"{quantity}_lower_pct": top["lower_pct"],
-                            f"{quantity}_upper_pct": top["upper_pct"], f"{quantity}_size": top["size"],
-                            f"{quantity}_hardware": top["hardware"]})  # fmt: skip
+                row.update(
+                    {
+                        f"{quantity}_overhead_pct": top["change_pct"],
+                        f"{quantity}_lower_pct": top["lower_pct"],
+                        f"{quantity}_upper_pct": top["upper_pct"],
+                        f"{quantity}_size": top["size"],
+                        f"{quantity}_hardware": top["hardware"],
+                    }
+                )
         amax = parts["amax_summary"].filter(pl.col("arm") == arm)
         stab = parts["stability_runs"].filter(pl.col("arm") == arm)
         for direction in ("forward", "backward"):
@@ -315,13 +360,29 @@ def _headline(
             row[f"max_amax_{short}"] = values.max() if values.len() else fallback.max()
         rows.append(row)
     schema = {
-        "arm": pl.String, "is_baseline": pl.Boolean, "runs": pl.Int64, "budget": pl.Float64, "size": pl.String,
-        "baseline_size": pl.String, "num_seeds": pl.Int64, "gap": pl.Float64, "gap_lower": pl.Float64,
-        "gap_upper": pl.Float64, "ratio": pl.Float64, "ratio_lower": pl.Float64, "ratio_upper": pl.Float64,
-        "multiplier": pl.Float64, "multiplier_lower": pl.Float64, "multiplier_upper": pl.Float64,
+        "arm": pl.String,
+        "is_baseline": pl.Boolean,
+        "runs": pl.Int64,
+        "budget": pl.Float64,
+        "size": pl.String,
+        "baseline_size": pl.String,
+        "num_seeds": pl.Int64,
+        "gap": pl.Float64,
+        "gap_lower": pl.Float64,
+        "gap_upper": pl.Float64,
+        "ratio": pl.Float64,
+        "ratio_lower": pl.Float64,
+        "ratio_upper": pl.Float64,
+        "multiplier": pl.Float64,
+        "multiplier_lower": pl.Float64,
+        "multiplier_upper": pl.Float64,
         "multiplier_extrapolated": pl.Boolean,
-        **{f"{q}_{k}": (pl.String if k in ("size", "hardware") else pl.Float64)
-           for q in ("step_time", "peak_memory") for k in ("overhead_pct", "lower_pct", "upper_pct", "size", "hardware")},
-        "max_amax_fwd": pl.Float64, "max_amax_bwd": pl.Float64,
-    }  # fmt: skip
+        **{
+            f"{q}_{k}": (pl.String if k in ("size", "hardware") else pl.Float64)
+            for q in ("step_time", "peak_memory")
+            for k in ("overhead_pct", "lower_pct", "upper_pct", "size", "hardware")
+        },
+        "max_amax_fwd": pl.Float64,
+        "max_amax_bwd": pl.Float64,
+    }
     return pl.DataFrame(rows, schema=schema)

@@ -1,32 +1,33 @@
-"""Runs and metric histories out of any MLflow tracking store, as Polars frames; results written as parquet/JSON.
+"""Runs and metric histories from any MLflow tracking store as Polars frames; results written as parquet/JSON.
 
-    runs = load_runs("sqlite:///mlruns.db", "quickstart")              # one row per run
+    runs = load_runs("sqlite:///mlruns.db", "quickstart")                  # one row per run
     history = load_history("sqlite:///mlruns.db", "quickstart", ["train/loss"])   # long format
     runs, history = load_experiment(uri, "quickstart", HISTORY_METRICS)   # both, reading the store once
-    profiles = load_amax_profiles(uri, "quickstart")                    # per-layer Amax at the last evaluation
+    profiles = load_amax_profiles(uri, "quickstart")        # per-layer Amax at each run's last evaluation
 
-What the trainer logs (the contract these frames read) is in orchestrator/train.py: grid coordinates and counts
-as tags, the flattened resolved config as params, per-step metrics, ``final/*`` metrics at the end and
+What the trainer logs (the contract these frames read) is in orchestrator/train.py: grid coordinates and
+counts as tags, the flattened resolved config as params, per-step metrics, ``final/*`` metrics at the end and
 ``diagnostics/step_XXXXXXXX.json`` artifacts at every evaluation.
 
 Notable choices:
-- **No pandas.** `mlflow.search_runs` (pandas) reads only the process-global tracking URI; `MlflowClient.search_runs`
-  takes the URI we are given, and its entities go straight into one Polars frame.
-- **Histories from SQL stores are read with one SQL query per chunk of runs** (MLflow's ``metrics`` table, through
-  the store's own SQLAlchemy engine): ~8 µs per value against ~50 µs through MLflow's ORM entities (measured on a
-  SQLite store with 200k values), which matters at 1,000 runs × 1,000 steps. Other stores (an ``http://`` tracking
-  server) go through `MlflowClient.get_metric_history`, a call per run and metric on a few threads.
-- **Repeated steps** (a resumed run re-logs the steps since its last checkpoint) are deduplicated per (run, metric,
-  step), keeping the value logged last. MLflow stores NaN with an ``is_nan`` flag and ±inf as ±float max; both come
-  back as the non-finite values they were.
+- **No pandas.** `mlflow.search_runs` (pandas) reads only the process-global tracking URI;
+  `MlflowClient.search_runs` takes the URI we are given, and its entities go straight into one Polars frame.
+- **Histories from SQL stores are read with one SQL query per chunk of runs** (MLflow's ``metrics`` table,
+  through the store's own SQLAlchemy engine): ~8 µs per value against ~50 µs through MLflow's ORM entities
+  (measured on a SQLite store with 200k values), which matters at 1,000 runs × 1,000 steps. Other stores (an
+  ``http://`` tracking server) go through `MlflowClient.get_metric_history`, a call per run and metric on a
+  few threads.
+- **Repeated steps** (a resumed run re-logs the steps since its last checkpoint) are deduplicated per (run,
+  metric, step), keeping the value logged last. MLflow stores NaN with an ``is_nan`` flag and ±inf as ±float
+  max; both come back as the non-finite values they were.
 - **Tokens and FLOPs of a history row are step × the run's per-step constants**, not joined from the
   ``train/tokens`` and ``train/flops`` histories: the trainer logs exactly ``step × tokens_per_step`` and
   ``step × flops_per_step``, and not reading those two histories halves the values read.
-- **One row per run_key.** If a key has several runs (two workers raced to create it), the ledger's rule picks one
-  (orchestrator/tracking/runs.py): FINISHED, then RUNNING, then the rest, newest first. The parent run of a sweep
-  (tag ``sweep_parent=true``) is not a grid point and is left out.
-- **Step-time statistics skip the warm-up**: medians over the steps after the first `WARMUP_FRACTION` of the run
-  (at least the first step is dropped: it includes compilation and allocator growth).
+- **One row per run_key.** If a key has several runs (two workers raced to create it), the ledger's rule picks
+  one (orchestrator/tracking/runs.py): FINISHED, then RUNNING, then the rest, newest first. The parent run of
+  a sweep (tag ``sweep_parent=true``) is not a grid point and is left out.
+- **Step-time statistics skip the warm-up**: medians over the steps after the first `WARMUP_FRACTION` of the
+  run (at least the first step is dropped: it includes compilation and allocator growth).
 - **Params become columns** under their dotted names (``model.dim``, ``training.lr``), typed Int64 / Float64 /
   Boolean when every value parses as one (``None`` is null), else String; a param named like a core column is
   renamed ``param.<name>``.
@@ -151,7 +152,9 @@ _METRIC_COLUMNS = {
 def _client(tracking_uri: str) -> MlflowClient:
     """An `MlflowClient` on `tracking_uri`, importing MLflow (seconds) only now, with telemetry off."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per downloaded file otherwise
+    os.environ.setdefault(
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"
+    )  # a bar per downloaded file otherwise
     try:
         from mlflow.tracking import MlflowClient
     except ImportError as error:  # pragma: no cover - mlflow is a project dependency
@@ -171,7 +174,9 @@ def _experiment_id(client: MlflowClient, tracking_uri: str, experiment: str) -> 
             found = None
     if found is None:
         names = sorted(e.name for e in client.search_experiments(max_results=50))
-        raise ValueError(f"no MLflow experiment {experiment!r} in {tracking_uri} (experiments there: {names})")
+        raise ValueError(
+            f"no MLflow experiment {experiment!r} in {tracking_uri} (experiments there: {names})"
+        )
     return found.experiment_id
 
 
@@ -240,12 +245,18 @@ def _raw_runs(entities: Sequence[Any], experiment: str) -> pl.DataFrame:
     }
     frame = pl.DataFrame(rows, schema=schema, orient="row")
     frame = frame.with_columns(
-        [pl.col(name).cast(dtype, strict=False) for name, dtype in _TAG_COLUMNS.items() if dtype != pl.String()]
+        [
+            pl.col(name).cast(dtype, strict=False)
+            for name, dtype in _TAG_COLUMNS.items()
+            if dtype != pl.String()
+        ]
         + [pl.col("start_time", "end_time").cast(pl.Datetime("ms"))]
     )
     names = sorted({name for p in params for name in p})
     if names:
-        raw = pl.DataFrame({name: [p.get(name) for p in params] for name in names}, schema=dict.fromkeys(names, pl.String))
+        raw = pl.DataFrame(
+            {name: [p.get(name) for p in params] for name in names}, schema=dict.fromkeys(names, pl.String)
+        )
         typed = [_parse_param(raw.get_column(name)) for name in names]
         typed = [s.alias(f"param.{s.name}") if s.name in frame.columns else s for s in typed]
         frame = frame.hstack(typed)
@@ -297,7 +308,7 @@ def _per_step_constants(frame: pl.DataFrame) -> pl.DataFrame:
             "flops_per_token"
         ),
         pl.coalesce("hardware", "device", pl.lit("unknown")).alias("hardware"),
-        pl.coalesce("flops_6n", pl.lit(None, pl.Float64)).alias("final_flops_6n"),
+        pl.col("flops_6n").alias("final_flops_6n"),
         (pl.col("epochs") > 1.0 + 1e-9).fill_null(False).alias("repeated_data"),
     ).with_columns((pl.col("tokens_per_step") * pl.col("flops_per_token")).alias("flops_per_step"))
 
@@ -331,14 +342,56 @@ def _summaries(frame: pl.DataFrame, history: pl.DataFrame) -> pl.DataFrame:
 
 
 _CORE_ORDER = [
-    "run_key", "run_id", "run_name", "experiment", "parent_run_id", "status", "failure_reason", "diverged_step",
-    "attempt", "start_time", "end_time", "sweep", "arm", "variant", "n", "sinkhorn_iters", "size", "budget", "seed",
-    "params_total", "params_activated", "params_activated_non_embedding", "total_steps", "last_step",
-    "final_val_loss", "best_val_loss", "last_eval_loss", "last_train_loss", "final_tokens", "final_flops",
-    "final_flops_6n", "tokens_per_step", "flops_per_token", "flops_per_step", "epochs", "repeated_data",
-    "step_time_s", "step_time_mean_s", "num_timed_steps", "tokens_per_s", "flops_per_s", "wall_time_s",
-    "peak_memory_mb", "device", "hardware", "unigram_entropy", "optuna_trial", "study", "artifact_uri",
-]  # fmt: skip
+    "run_key",
+    "run_id",
+    "run_name",
+    "experiment",
+    "parent_run_id",
+    "status",
+    "failure_reason",
+    "diverged_step",
+    "attempt",
+    "start_time",
+    "end_time",
+    "sweep",
+    "arm",
+    "variant",
+    "n",
+    "sinkhorn_iters",
+    "size",
+    "budget",
+    "seed",
+    "params_total",
+    "params_activated",
+    "params_activated_non_embedding",
+    "total_steps",
+    "last_step",
+    "final_val_loss",
+    "best_val_loss",
+    "last_eval_loss",
+    "last_train_loss",
+    "final_tokens",
+    "final_flops",
+    "final_flops_6n",
+    "tokens_per_step",
+    "flops_per_token",
+    "flops_per_step",
+    "epochs",
+    "repeated_data",
+    "step_time_s",
+    "step_time_mean_s",
+    "num_timed_steps",
+    "tokens_per_s",
+    "flops_per_s",
+    "wall_time_s",
+    "peak_memory_mb",
+    "device",
+    "hardware",
+    "unigram_entropy",
+    "optuna_trial",
+    "study",
+    "artifact_uri",
+]
 
 
 def _finish_runs(frame: pl.DataFrame, history: pl.DataFrame) -> pl.DataFrame:
@@ -363,19 +416,29 @@ def _history_sql(engine: Any, run_ids: list[str], metrics: Sequence[str] | None)
     columns = "run_uuid, key, step, timestamp, value, is_nan"
     where = "run_uuid IN :ids" + (" AND key IN :keys" if metrics is not None else "")
     query = sa.text(f"SELECT {columns} FROM metrics WHERE {where}").bindparams(
-        sa.bindparam("ids", expanding=True), *([sa.bindparam("keys", expanding=True)] if metrics is not None else [])
+        sa.bindparam("ids", expanding=True),
+        *([sa.bindparam("keys", expanding=True)] if metrics is not None else []),
     )
     rows: list[Any] = []
     with engine.connect() as connection:
         for lo in range(0, len(run_ids), _SQL_CHUNK):
-            bound = {"ids": run_ids[lo : lo + _SQL_CHUNK], **({"keys": list(metrics)} if metrics is not None else {})}
+            bound = {
+                "ids": run_ids[lo : lo + _SQL_CHUNK],
+                **({"keys": list(metrics)} if metrics is not None else {}),
+            }
             rows.extend(connection.execute(query, bound).fetchall())
     frame = pl.DataFrame(
         rows,
-        schema={"run_id": pl.String, "metric": pl.String, "step": pl.Int64, "timestamp": pl.Int64,
-                "value": pl.Float64, "is_nan": pl.Boolean},
+        schema={
+            "run_id": pl.String,
+            "metric": pl.String,
+            "step": pl.Int64,
+            "timestamp": pl.Int64,
+            "value": pl.Float64,
+            "is_nan": pl.Boolean,
+        },
         orient="row",
-    )  # fmt: skip
+    )
     return frame.with_columns(
         pl.when(pl.col("is_nan"))
         .then(float("nan"))
@@ -405,21 +468,28 @@ def _history_client(client: MlflowClient, run_ids: list[str], metrics: Sequence[
         rows = [row for part in pool.map(one, pairs) for row in part]
     return pl.DataFrame(
         rows,
-        schema={"run_id": pl.String, "metric": pl.String, "step": pl.Int64, "timestamp": pl.Int64,
-                "value": pl.Float64},
+        schema={
+            "run_id": pl.String,
+            "metric": pl.String,
+            "step": pl.Int64,
+            "timestamp": pl.Int64,
+            "value": pl.Float64,
+        },
         orient="row",
-    )  # fmt: skip
+    )
 
 
-def _history(
-    client: MlflowClient, runs: pl.DataFrame, metrics: Sequence[str] | None
-) -> pl.DataFrame:
+def _history(client: MlflowClient, runs: pl.DataFrame, metrics: Sequence[str] | None) -> pl.DataFrame:
     """The long history of `runs` (with `run_key`, `tokens_per_step`, `flops_per_step` columns)."""
     run_ids = runs.get_column("run_id").to_list()
-    if metrics is not None and not metrics or not run_ids:
+    if (metrics is not None and not metrics) or not run_ids:
         return pl.DataFrame(schema=HISTORY_SCHEMA)
     engine = _sql_engine(client)
-    raw = _history_sql(engine, run_ids, metrics) if engine is not None else _history_client(client, run_ids, metrics)
+    raw = (
+        _history_sql(engine, run_ids, metrics)
+        if engine is not None
+        else _history_client(client, run_ids, metrics)
+    )
     constants = runs.select("run_id", "run_key", "tokens_per_step", "flops_per_step")
     return (
         raw.sort("timestamp", maintain_order=True)
@@ -445,7 +515,8 @@ def load_experiment(
 
     The runs frame has one row per run_key (module doc): grid coordinates and counts from the tags (`size`,
     `variant`, `n`, `sinkhorn_iters`, `seed`, `budget`, `params_*`, `hardware` ...), `arm` (the variant, or
-    "variant n=N it=K" where a variant ran with several settings), `status` and `failure_reason`, final and best
+    "variant n=N it=K" where a variant ran with several settings), `status` and `failure_reason`, final and
+    best
     validation loss, tokens, FLOPs (true: `final_flops`; 6·N·D: `final_flops_6n`), the per-step constants,
     `epochs` and `repeated_data` (epochs > 1), step-time statistics (median over steps after the warm-up),
     tokens/s and FLOP/s at the median step time, wall time, peak memory, then every param as a column.
@@ -467,9 +538,7 @@ def load_runs(tracking_uri: str, experiment: str) -> pl.DataFrame:
     return load_experiment(tracking_uri, experiment, metrics=())[0]
 
 
-def load_history(
-    tracking_uri: str, experiment: str, metrics: Sequence[str] | None = None
-) -> pl.DataFrame:
+def load_history(tracking_uri: str, experiment: str, metrics: Sequence[str] | None = None) -> pl.DataFrame:
     """Long-format history: run_key, run_id, step, tokens, flops, metric, value (`HISTORY_SCHEMA`).
 
     Args:
@@ -490,7 +559,7 @@ def load_amax_profiles(
 
     Args:
         runs: the runs frame (saves searching the experiment again).
-        steps: "last" reads each run's last evaluation; "all" reads every evaluation (the profiles' evolution).
+        steps: "last" reads each run's last evaluation; "all" reads every evaluation (for the evolution).
     """
     if steps not in ("last", "all"):
         raise ValueError(f"steps ({steps!r}) must be 'last' or 'all'")
@@ -499,11 +568,16 @@ def load_amax_profiles(
         experiment_id = _experiment_id(client, tracking_uri, experiment)
         runs = _one_per_key(_raw_runs(_search(client, experiment_id), experiment))
     keys = dict(zip(runs.get_column("run_id").to_list(), runs.get_column("run_key").to_list(), strict=True))
-    uris = dict(zip(runs.get_column("run_id").to_list(), runs.get_column("artifact_uri").to_list(), strict=True))
+    uris = dict(
+        zip(runs.get_column("run_id").to_list(), runs.get_column("artifact_uri").to_list(), strict=True)
+    )
 
     def pick(paths: Iterable[str]) -> list[tuple[int, str]]:
-        by_step = sorted((int(Path(p).stem[len("step_") :]), p) for p in paths
-                         if Path(p).stem.startswith("step_") and Path(p).stem[len("step_") :].isdigit())  # fmt: skip
+        by_step = sorted(
+            (int(Path(p).stem[len("step_") :]), p)
+            for p in paths
+            if Path(p).stem.startswith("step_") and Path(p).stem[len("step_") :].isdigit()
+        )
         return by_step[-1:] if steps == "last" else by_step
 
     def rows_local(run_id: str, root: Path) -> list[tuple]:
@@ -530,10 +604,16 @@ def load_amax_profiles(
             rows = [row for part in pool.map(read, keys) for row in part]
     return pl.DataFrame(
         rows,
-        schema={"run_key": pl.String, "run_id": pl.String, "step": pl.Int64, "quantity": pl.String,
-                "layer": pl.Int64, "value": pl.Float64},
+        schema={
+            "run_key": pl.String,
+            "run_id": pl.String,
+            "step": pl.Int64,
+            "quantity": pl.String,
+            "layer": pl.Int64,
+            "value": pl.Float64,
+        },
         orient="row",
-    ).sort("run_key", "step", "quantity", "layer")  # fmt: skip
+    ).sort("run_key", "step", "quantity", "layer")
 
 
 def _local_path(artifact_uri: str | None) -> Path | None:
@@ -557,8 +637,11 @@ def _profile_rows(run_key: str, run_id: str, step: int, profile: Mapping[str, An
         for layer, value in enumerate(profile.get(quantity) or []):
             rows.append((run_key, run_id, step, quantity, layer, _float(value)))
     for layer, load in enumerate(profile.get("expert_load") or []):
-        for name, quantity in (("max_violation", "expert_max_violation"), ("cv", "expert_cv"),
-                               ("dead_experts", "dead_experts")):  # fmt: skip
+        for name, quantity in (
+            ("max_violation", "expert_max_violation"),
+            ("cv", "expert_cv"),
+            ("dead_experts", "dead_experts"),
+        ):
             if name in load:
                 rows.append((run_key, run_id, step, quantity, layer, _float(load[name])))
     return rows

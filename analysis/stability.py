@@ -4,19 +4,20 @@
 values, once at least `min_history` of them exist (the reference excludes step t, so a spike does not raise
 its own bar; the median ignores the earlier spikes in the window). Consecutive spiking steps are one *event*
 (start, end, peak, peak ratio). Defaults, `LOSS_SPIKES` and `GRAD_NORM_SPIKES`:
-- train/loss: factor 1.2 over a 50-step window. Per-batch noise of the training loss on the proxy ladder is a
-  few percent, a 20 % jump is not noise, and loss curves only fall slowly apart from that.
+- train/loss: factor 1.2 over a 50-step window, chosen to sit well above batch-to-batch noise (a few percent
+  for batches of thousands of tokens) on a curve that otherwise only falls.
 - train/grad_norm: factor 4 over a 50-step window. Gradient norms (logged before clipping) are heavy-tailed:
-  2× swings between batches are routine, a 4× jump is not.
-Both are choices, not standards: pass your own `SpikeRule`s (analysis/report.py `AnalysisConfig`).
-A non-finite value is not a spike: it is a divergence.
+  2× swings between batches are common, a 4× jump is not.
 
-**Divergence.** A run that failed with ``failure_reason=diverged`` (the trainer's rule: a non-finite loss, or one
-above ``divergence_factor`` × the best so far), or whose loss history holds a non-finite value.
+Both are choices, not standards: pass your own `SpikeRule`s (analysis/report.py `AnalysisConfig`). A
+non-finite value is not a spike: it is a divergence.
+
+**Divergence.** A run that failed with ``failure_reason=diverged`` (the trainer's rule: a non-finite loss, or
+one above ``divergence_factor`` × the best so far), or whose loss history holds a non-finite value.
 
 **Amax profiles.** From the ``diagnostics/step_*.json`` artifacts (analysis/runs.py `load_amax_profiles`): the
-per-layer and composite forward/backward gains per run at its last evaluation, averaged per (arm, size, layer);
-their evolution over training from the ``eval/amax_*_composite_max`` metrics.
+per-layer and composite forward/backward gains per run at its last evaluation, averaged per (arm, size,
+layer); their evolution over training from the ``eval/amax_*_composite_max`` metrics.
 """
 
 from __future__ import annotations
@@ -56,15 +57,26 @@ class SpikeRule:
         if not self.factor > 1:
             raise ValueError(f"SpikeRule.factor ({self.factor}) must be > 1")
         if not 1 <= self.min_history <= self.window:
-            raise ValueError(f"SpikeRule.min_history ({self.min_history}) must be in [1, window={self.window}]")
+            raise ValueError(
+                f"SpikeRule.min_history ({self.min_history}) must be in [1, window={self.window}]"
+            )
 
 
 LOSS_SPIKES = SpikeRule(metric="train/loss", factor=1.2)
 GRAD_NORM_SPIKES = SpikeRule(metric="train/grad_norm", factor=4.0)
 
-_EVENTS_SCHEMA = {"run_key": pl.String, "metric": pl.String, "start_step": pl.Int64, "end_step": pl.Int64,
-                  "peak_step": pl.Int64, "num_steps": pl.Int64, "peak_value": pl.Float64, "reference": pl.Float64,
-                  "peak_ratio": pl.Float64, "tokens": pl.Float64}  # fmt: skip
+_EVENTS_SCHEMA = {
+    "run_key": pl.String,
+    "metric": pl.String,
+    "start_step": pl.Int64,
+    "end_step": pl.Int64,
+    "peak_step": pl.Int64,
+    "num_steps": pl.Int64,
+    "peak_value": pl.Float64,
+    "reference": pl.Float64,
+    "peak_ratio": pl.Float64,
+    "tokens": pl.Float64,
+}
 
 
 def find_spikes(history: pl.DataFrame, rule: SpikeRule) -> pl.DataFrame:
@@ -84,7 +96,10 @@ def find_spikes(history: pl.DataFrame, rule: SpikeRule) -> pl.DataFrame:
     )
     events = (
         flagged.with_columns(
-            (pl.col("spike") & ~pl.col("spike").shift(1, fill_value=False)).cum_sum().over("run_key").alias("event")
+            (pl.col("spike") & ~pl.col("spike").shift(1, fill_value=False))
+            .cum_sum()
+            .over("run_key")
+            .alias("event")
         )
         .filter(pl.col("spike"))
         .with_columns((pl.col("value") / pl.col("reference")).alias("ratio"))
@@ -117,7 +132,11 @@ def stability_by_run(
     name is the metric's last path part (loss_spikes, grad_norm_spikes), and the last logged
     eval/amax_{fwd,bwd}_composite_max and eval/ds_error_max.
     """
-    events = pl.concat([find_spikes(history, rule) for rule in rules]) if rules else pl.DataFrame(schema=_EVENTS_SCHEMA)
+    events = (
+        pl.concat([find_spikes(history, rule) for rule in rules])
+        if rules
+        else pl.DataFrame(schema=_EVENTS_SCHEMA)
+    )
     nonfinite = (
         history.filter(pl.col("metric") == "train/loss", ~pl.col("value").is_finite())
         .group_by("run_key")
@@ -127,9 +146,10 @@ def stability_by_run(
         "run_key", "arm", "size", "budget", "seed", "status", "failure_reason", "diverged_step"
     ).join(nonfinite, on="run_key", how="left")
     per_run = per_run.with_columns(
-        ((pl.col("failure_reason") == "diverged").fill_null(False) | pl.col("_nonfinite_step").is_not_null()).alias(
-            "diverged"
-        ),
+        (
+            (pl.col("failure_reason") == "diverged").fill_null(False)
+            | pl.col("_nonfinite_step").is_not_null()
+        ).alias("diverged"),
         pl.coalesce("diverged_step", "_nonfinite_step").alias("diverged_step"),
     ).drop("_nonfinite_step")
     for rule in rules:
@@ -137,12 +157,20 @@ def stability_by_run(
         counts = (
             events.filter(pl.col("metric") == rule.metric)
             .group_by("run_key")
-            .agg(pl.len().cast(pl.Int64).alias(f"{name}_spikes"), pl.col("peak_ratio").max().alias(f"{name}_max_ratio"))
+            .agg(
+                pl.len().cast(pl.Int64).alias(f"{name}_spikes"),
+                pl.col("peak_ratio").max().alias(f"{name}_max_ratio"),
+            )
         )
-        per_run = per_run.join(counts, on="run_key", how="left").with_columns(pl.col(f"{name}_spikes").fill_null(0))
+        per_run = per_run.join(counts, on="run_key", how="left").with_columns(
+            pl.col(f"{name}_spikes").fill_null(0)
+        )
     last = (
-        history.filter(pl.col("metric").is_in(["eval/amax_fwd_composite_max", "eval/amax_bwd_composite_max",
-                                               "eval/ds_error_max"]))  # fmt: skip
+        history.filter(
+            pl.col("metric").is_in(
+                ["eval/amax_fwd_composite_max", "eval/amax_bwd_composite_max", "eval/ds_error_max"]
+            )
+        )
         .sort("step")
         .group_by("run_key", "metric")
         .agg(pl.col("value").last())
@@ -172,9 +200,15 @@ def stability_by_arm(per_run: pl.DataFrame) -> pl.DataFrame:
             (pl.col("status") == "FINISHED").sum().cast(pl.Int64).alias("finished"),
             pl.col("diverged").sum().cast(pl.Int64).alias("diverged"),
             pl.col("diverged").mean().alias("divergence_rate"),
-            *[(pl.col("failure_reason") == reason).sum().cast(pl.Int64).alias(f"failed_{reason}")
-              for reason in FAILURE_REASONS if reason != "diverged"],
-            ((pl.col("status") == "FAILED") & ~pl.col("failure_reason").is_in(FAILURE_REASONS).fill_null(False))
+            *[
+                (pl.col("failure_reason") == reason).sum().cast(pl.Int64).alias(f"failed_{reason}")
+                for reason in FAILURE_REASONS
+                if reason != "diverged"
+            ],
+            (
+                (pl.col("status") == "FAILED")
+                & ~pl.col("failure_reason").is_in(FAILURE_REASONS).fill_null(False)
+            )
             .sum()
             .cast(pl.Int64)
             .alias("failed_other"),
@@ -184,7 +218,7 @@ def stability_by_arm(per_run: pl.DataFrame) -> pl.DataFrame:
             pl.col("amax_fwd_composite_max").max(),
             pl.col("amax_bwd_composite_max").max(),
             pl.col("ds_error_max").max(),
-        )  # fmt: skip
+        )
         .sort("arm")
     )
 
@@ -206,17 +240,18 @@ def amax_summary(profiles: pl.DataFrame, runs: pl.DataFrame) -> pl.DataFrame:
 
 
 def amax_evolution(history: pl.DataFrame, runs: pl.DataFrame) -> pl.DataFrame:
-    """Mean (and max) over runs of the composite Amax and DS-error metrics per (arm, size, metric, step)."""
+    """Mean (and max) over seeds of the composite Amax and DS-error metrics per (arm, size, budget, metric,
+    step): runs of one grid point share their evaluation steps, runs of different budgets do not."""
     metrics = ["eval/amax_fwd_composite_max", "eval/amax_bwd_composite_max", "eval/ds_error_max"]
     return (
         history.filter(pl.col("metric").is_in(metrics))
-        .join(runs.select("run_key", "arm", "size"), on="run_key", how="inner")
-        .group_by("arm", "size", "metric", "step")
+        .join(runs.select("run_key", "arm", "size", "budget"), on="run_key", how="inner")
+        .group_by("arm", "size", "budget", "metric", "step")
         .agg(
             pl.col("value").mean().alias("mean"),
             pl.col("value").max().alias("max"),
             pl.col("tokens").mean().alias("tokens"),
             pl.len().cast(pl.Int64).alias("num_runs"),
         )
-        .sort("arm", "size", "metric", "step")
+        .sort("arm", "size", "budget", "metric", "step", nulls_last=True)
     )

@@ -1,10 +1,10 @@
-"""Plotly figures of analysis results: scaling curves, loss gap and ratio, compute multiplier, training curves,
-Amax over depth and over training, overhead bars, the stability table and the Optuna panel.
+"""Plotly figures of analysis results: scaling curves, loss gap and ratio, compute multiplier, training
+curves, Amax over depth and over training, overhead bars, the stability table and the Optuna panel.
 
-Each function takes the Polars frames of `analysis.report.Results` it draws and only draws them: every number on
-a figure is a value of one of those frames (selected, sorted, never recomputed), so what a page shows is what
-the parquet results hold. Where a frame has nothing to draw, the figure says so in words instead of showing
-empty axes. Arms keep one colour across figures (`arm_colors`).
+Each function takes the Polars frames of `analysis.report.Results` it draws and only draws them: every number
+on a figure is a value of one of those frames (selected, sorted, never recomputed), so what a page shows is
+what the parquet results hold. Where a frame has nothing to draw, the figure says so in words instead of
+showing empty axes. Arms keep one colour across figures (`arm_colors`).
 """
 
 from __future__ import annotations
@@ -51,14 +51,19 @@ def _rgba(color: str, alpha: float) -> str:
 def _message(title: str, text: str) -> go.Figure:
     """A figure that states why there is nothing to draw."""
     fig = go.Figure()
-    fig.add_annotation(text=text, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False, font={"size": 15})
-    fig.update_layout(template=TEMPLATE, title=title, height=260, xaxis={"visible": False},
-                      yaxis={"visible": False})  # fmt: skip
+    fig.add_annotation(
+        text=text, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False, font={"size": 15}
+    )
+    fig.update_layout(
+        template=TEMPLATE, title=title, height=260, xaxis={"visible": False}, yaxis={"visible": False}
+    )
     return fig
 
 
 def _arms(*frames: pl.DataFrame) -> list[str]:
-    return sorted({arm for frame in frames if "arm" in frame.columns for arm in frame.get_column("arm").unique()})
+    return sorted(
+        {arm for frame in frames if "arm" in frame.columns for arm in frame.get_column("arm").unique()}
+    )
 
 
 def _error(frame: pl.DataFrame, value: str, lower: str, upper: str) -> dict:
@@ -79,8 +84,9 @@ def scaling_figure(runs: pl.DataFrame, frontier: pl.DataFrame, curves: pl.DataFr
     """Final loss against training FLOPs per arm: every finished run (filled: on the arm's compute-optimal
     frontier; ×: repeated data), the fitted L(C) with its bootstrap band, dashed where it extrapolates."""
     title = "Scaling: final validation loss vs training compute"
-    finished = runs.filter(pl.col("status") == "FINISHED", pl.col("final_val_loss").is_not_null(),
-                           pl.col("budget").is_not_null())  # fmt: skip
+    finished = runs.filter(
+        pl.col("status") == "FINISHED", pl.col("final_val_loss").is_not_null(), pl.col("budget").is_not_null()
+    )
     if finished.is_empty():
         return _message(title, "No finished runs with a budget yet: nothing to fit.")
     on_frontier = frontier.select("arm", "budget", "size").with_columns(pl.lit(True).alias("on_frontier"))
@@ -94,36 +100,70 @@ def scaling_figure(runs: pl.DataFrame, frontier: pl.DataFrame, curves: pl.DataFr
         curve = curves.filter(pl.col("arm") == arm).sort("flops")
         fitted = not curve.is_empty()
         if fitted:
-            fig.add_trace(go.Scatter(x=curve.get_column("flops"), y=curve.get_column("upper"), mode="lines",
-                                     line={"width": 0}, legendgroup=arm, showlegend=False, hoverinfo="skip",
-                                     name=f"{arm} band upper"))  # fmt: skip
-            fig.add_trace(go.Scatter(x=curve.get_column("flops"), y=curve.get_column("lower"), mode="lines",
-                                     line={"width": 0}, fill="tonexty", fillcolor=_rgba(color, 0.18),
-                                     legendgroup=arm, showlegend=False, hoverinfo="skip",
-                                     name=f"{arm} band lower"))  # fmt: skip
+            fig.add_trace(
+                go.Scatter(
+                    x=curve.get_column("flops"),
+                    y=curve.get_column("upper"),
+                    mode="lines",
+                    line={"width": 0},
+                    legendgroup=arm,
+                    showlegend=False,
+                    hoverinfo="skip",
+                    name=f"{arm} band upper",
+                )
+            )
+            fig.add_trace(
+                go.Scatter(
+                    x=curve.get_column("flops"),
+                    y=curve.get_column("lower"),
+                    mode="lines",
+                    line={"width": 0},
+                    fill="tonexty",
+                    fillcolor=_rgba(color, 0.18),
+                    legendgroup=arm,
+                    showlegend=False,
+                    hoverinfo="skip",
+                    name=f"{arm} band lower",
+                )
+            )
             for extrapolated, dash in ((False, "solid"), (True, "dash")):
                 part = curve.filter(pl.col("extrapolated") == extrapolated)
                 if extrapolated and not curve.filter(~pl.col("extrapolated")).is_empty():
-                    part = pl.concat([curve.filter(~pl.col("extrapolated")).tail(1), part])  # no gap in the line
-                fig.add_trace(go.Scatter(
-                    x=part.get_column("flops"), y=part.get_column("estimate"), mode="lines",
-                    line={"color": color, "dash": dash, "width": 2}, legendgroup=arm, showlegend=False,
-                    name=f"{arm} L(C) fit" + (" (extrapolated)" if extrapolated else ""),
-                    hovertemplate="C=%{x:.3g}<br>L̂=%{y:.4f}<extra>" + arm + "</extra>",
-                ))  # fmt: skip
+                    part = pl.concat(
+                        [curve.filter(~pl.col("extrapolated")).tail(1), part]
+                    )  # no gap in the line
+                fig.add_trace(
+                    go.Scatter(
+                        x=part.get_column("flops"),
+                        y=part.get_column("estimate"),
+                        mode="lines",
+                        line={"color": color, "dash": dash, "width": 2},
+                        legendgroup=arm,
+                        showlegend=False,
+                        name=f"{arm} L(C) fit" + (" (extrapolated)" if extrapolated else ""),
+                        hovertemplate="C=%{x:.3g}<br>L̂=%{y:.4f}<extra>" + arm + "</extra>",
+                    )
+                )
         mine = points.filter(pl.col("arm") == arm).sort("final_flops")
         symbols = [
             "x" if rep else ("circle" if front else "circle-open")
-            for rep, front in zip(mine.get_column("repeated_data"), mine.get_column("on_frontier"), strict=True)
+            for rep, front in zip(
+                mine.get_column("repeated_data"), mine.get_column("on_frontier"), strict=True
+            )
         ]
-        fig.add_trace(go.Scatter(
-            x=mine.get_column("final_flops"), y=mine.get_column("final_val_loss"), mode="markers",
-            marker={"color": color, "symbol": symbols, "size": 8}, legendgroup=arm,
-            name=arm if fitted else f"{arm} (no fit: too little data)",
-            customdata=mine.select("size", "seed", "budget", "run_key").rows(),
-            hovertemplate="size %{customdata[0]}, seed %{customdata[1]}<br>budget %{customdata[2]:.3g}"
-                          "<br>C=%{x:.3g} FLOPs<br>loss %{y:.4f}<br>%{customdata[3]}<extra>" + arm + "</extra>",
-        ))  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=mine.get_column("final_flops"),
+                y=mine.get_column("final_val_loss"),
+                mode="markers",
+                marker={"color": color, "symbol": symbols, "size": 8},
+                legendgroup=arm,
+                name=arm if fitted else f"{arm} (no fit: too little data)",
+                customdata=mine.select("size", "seed", "budget", "run_key").rows(),
+                hovertemplate="size %{customdata[0]}, seed %{customdata[1]}<br>budget %{customdata[2]:.3g}"
+                "<br>C=%{x:.3g} FLOPs<br>loss %{y:.4f}<br>%{customdata[3]}<extra>" + arm + "</extra>",
+            )
+        )
     fig.update_xaxes(type="log", title="training FLOPs (the run's own, variant overhead included)")
     fig.update_yaxes(type="log", title="final validation loss")
     fig.update_layout(template=TEMPLATE, title=title, height=520, legend={"title": "arm"})
@@ -141,28 +181,57 @@ def gap_figure(gaps: pl.DataFrame, frontier_gaps: pl.DataFrame) -> go.Figure:
     title = "Loss gap and loss ratio vs the baseline"
     if gaps.is_empty() and frontier_gaps.is_empty():
         return _message(title, "No variant run has a baseline run at the same (size, budget, seed) yet.")
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss gap  L − L_baseline", "loss ratio  L / L_baseline"))
+    fig = make_subplots(
+        rows=1, cols=2, subplot_titles=("loss gap  L − L_baseline", "loss ratio  L / L_baseline")
+    )
     colors = arm_colors(_arms(gaps, frontier_gaps))
     for arm, color in colors.items():
-        for col, (value, lower, upper) in enumerate((("gap", "gap_lower", "gap_upper"),
-                                                     ("ratio", "ratio_lower", "ratio_upper")), start=1):  # fmt: skip
+        for col, (value, lower, upper) in enumerate(
+            (("gap", "gap_lower", "gap_upper"), ("ratio", "ratio_lower", "ratio_upper")), start=1
+        ):
             front = frontier_gaps.filter(pl.col("arm") == arm).sort("budget")
             if not front.is_empty():
-                fig.add_trace(go.Scatter(
-                    x=front.get_column("budget"), y=front.get_column(value), mode="lines+markers",
-                    error_y=_error(front, value, lower, upper), line={"color": color, "width": 2.5},
-                    name=f"{arm}: frontier", legendgroup=arm, showlegend=col == 1,
-                    customdata=front.select("size", "baseline_size", "num_seeds").rows(),
-                    hovertemplate="budget %{x:.3g}<br>" + value + " %{y:.4f}<br>sizes %{customdata[0]} vs "
-                                  "%{customdata[1]}, %{customdata[2]} seeds<extra>" + arm + "</extra>",
-                ), row=1, col=col)  # fmt: skip
-            for size, cell in gaps.filter(pl.col("arm") == arm).sort("budget").group_by("size", maintain_order=True):
-                fig.add_trace(go.Scatter(
-                    x=cell.get_column("budget"), y=cell.get_column(value), mode="lines+markers",
-                    line={"color": color, "dash": "dot", "width": 1}, marker={"size": 5}, opacity=0.6,
-                    name=f"{arm}: size {size[0]}", legendgroup=arm, showlegend=col == 1,
-                    hovertemplate="budget %{x:.3g}<br>" + value + " %{y:.4f}<extra>" + f"{arm} {size[0]}</extra>",
-                ), row=1, col=col)  # fmt: skip
+                fig.add_trace(
+                    go.Scatter(
+                        x=front.get_column("budget"),
+                        y=front.get_column(value),
+                        mode="lines+markers",
+                        error_y=_error(front, value, lower, upper),
+                        line={"color": color, "width": 2.5},
+                        name=f"{arm}: frontier",
+                        legendgroup=arm,
+                        showlegend=col == 1,
+                        customdata=front.select("size", "baseline_size", "num_seeds").rows(),
+                        hovertemplate="budget %{x:.3g}<br>"
+                        + value
+                        + " %{y:.4f}<br>sizes %{customdata[0]} vs "
+                        "%{customdata[1]}, %{customdata[2]} seeds<extra>" + arm + "</extra>",
+                    ),
+                    row=1,
+                    col=col,
+                )
+            for size, cell in (
+                gaps.filter(pl.col("arm") == arm).sort("budget").group_by("size", maintain_order=True)
+            ):
+                fig.add_trace(
+                    go.Scatter(
+                        x=cell.get_column("budget"),
+                        y=cell.get_column(value),
+                        mode="lines+markers",
+                        line={"color": color, "dash": "dot", "width": 1},
+                        marker={"size": 5},
+                        opacity=0.6,
+                        name=f"{arm}: size {size[0]}",
+                        legendgroup=arm,
+                        showlegend=col == 1,
+                        hovertemplate="budget %{x:.3g}<br>"
+                        + value
+                        + " %{y:.4f}<extra>"
+                        + f"{arm} {size[0]}</extra>",
+                    ),
+                    row=1,
+                    col=col,
+                )
     fig.add_hline(y=0.0, line={"color": "gray", "width": 1}, row=1, col=1)
     fig.add_hline(y=1.0, line={"color": "gray", "width": 1}, row=1, col=2)
     fig.update_xaxes(type="log", title="compute budget (FLOPs)")
@@ -178,16 +247,25 @@ def multiplier_figure(multipliers: pl.DataFrame) -> go.Figure:
     fig = go.Figure()
     for arm, color in arm_colors(_arms(multipliers)).items():
         mine = multipliers.filter(pl.col("arm") == arm).sort("budget")
-        fig.add_trace(go.Scatter(
-            x=mine.get_column("budget"), y=mine.get_column("multiplier"), mode="lines+markers",
-            error_y=_error(mine, "multiplier", "multiplier_lower", "multiplier_upper"),
-            marker={"color": color, "size": 9,
-                    "symbol": ["circle-open" if e else "circle" for e in mine.get_column("extrapolated")]},
-            line={"color": color}, name=arm,
-            customdata=mine.select("multiplier_net", "size", "num_seeds").rows(),
-            hovertemplate="budget %{x:.3g}<br>multiplier %{y:.3f}×<br>net of FLOP overhead %{customdata[0]:.3f}×"
-                          "<br>size %{customdata[1]}, %{customdata[2]} seeds<extra>" + arm + "</extra>",
-        ))  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=mine.get_column("budget"),
+                y=mine.get_column("multiplier"),
+                mode="lines+markers",
+                error_y=_error(mine, "multiplier", "multiplier_lower", "multiplier_upper"),
+                marker={
+                    "color": color,
+                    "size": 9,
+                    "symbol": ["circle-open" if e else "circle" for e in mine.get_column("extrapolated")],
+                },
+                line={"color": color},
+                name=arm,
+                customdata=mine.select("multiplier_net", "size", "num_seeds").rows(),
+                hovertemplate="budget %{x:.3g}<br>multiplier %{y:.3f}×<br>"
+                "net of FLOP overhead %{customdata[0]:.3f}×"
+                "<br>size %{customdata[1]}, %{customdata[2]} seeds<extra>" + arm + "</extra>",
+            )
+        )
     fig.add_hline(y=1.0, line={"color": "gray", "width": 1})
     fig.update_xaxes(type="log", title="compute budget (FLOPs)")
     fig.update_yaxes(type="log", title="compute multiplier (×)")
@@ -214,10 +292,10 @@ def loss_curves_figure(
         return _message(title, f"No {metric} logged yet.")
     thinned = (
         series.sort("run_key", "step")
-        .with_columns(pl.int_range(pl.len()).over("run_key").alias("_i"), pl.len().over("run_key").alias("_n"))
-        .filter(
-            (pl.col("_i") % (pl.col("_n") // max_points + 1) == 0) | (pl.col("_i") == pl.col("_n") - 1)
+        .with_columns(
+            pl.int_range(pl.len()).over("run_key").alias("_i"), pl.len().over("run_key").alias("_n")
         )
+        .filter((pl.col("_i") % (pl.col("_n") // max_points + 1) == 0) | (pl.col("_i") == pl.col("_n") - 1))
     )
     colors = arm_colors(_arms(thinned))
     scatter = go.Scattergl if thinned.get_column("run_key").n_unique() > _SCATTERGL_ABOVE else go.Scatter
@@ -226,13 +304,25 @@ def loss_curves_figure(
     for (run_key,), curve in thinned.group_by("run_key", maintain_order=True):
         first = curve.row(0, named=True)
         arm = first["arm"]
-        fig.add_trace(scatter(
-            x=curve.get_column("tokens"), y=curve.get_column("value"), mode="lines",
-            line={"color": colors[arm], "width": 1.2, "dash": "solid" if first["status"] == "FINISHED" else "dot"},
-            name=arm, legendgroup=arm, showlegend=arm not in trace_arms, opacity=0.8,
-            hovertemplate=f"{run_key}<br>size {first['size']}, budget {first['budget']:.3g}, seed {first['seed']}"
-                          "<br>tokens %{x:.3g}<br>" + metric + " %{y:.4f}<extra></extra>",
-        ))  # fmt: skip
+        fig.add_trace(
+            scatter(
+                x=curve.get_column("tokens"),
+                y=curve.get_column("value"),
+                mode="lines",
+                line={
+                    "color": colors[arm],
+                    "width": 1.2,
+                    "dash": "solid" if first["status"] == "FINISHED" else "dot",
+                },
+                name=arm,
+                legendgroup=arm,
+                showlegend=arm not in trace_arms,
+                opacity=0.8,
+                hovertemplate=f"{run_key}<br>size {first['size']}, budget {first['budget']:.3g}, "
+                f"seed {first['seed']}"
+                "<br>tokens %{x:.3g}<br>" + metric + " %{y:.4f}<extra></extra>",
+            )
+        )
         trace_arms.append(arm)
     buttons = [{"label": "all arms", "method": "restyle", "args": [{"visible": [True] * len(trace_arms)}]}]
     buttons += [
@@ -240,9 +330,11 @@ def loss_curves_figure(
         for arm in sorted(colors)
     ]
     fig.update_layout(
-        template=TEMPLATE, title=title, height=520,
+        template=TEMPLATE,
+        title=title,
+        height=520,
         updatemenus=[{"buttons": buttons, "direction": "down", "x": 1.0, "xanchor": "right", "y": 1.12}],
-    )  # fmt: skip
+    )
     fig.update_xaxes(type="log", title="tokens")
     fig.update_yaxes(type="log", title=metric)
     return fig
@@ -260,7 +352,9 @@ def _pick_size(frame: pl.DataFrame, sizes: pl.DataFrame, size: str | None) -> st
     return ordered[-1] if ordered else None
 
 
-def amax_depth_figure(amax_summary: pl.DataFrame, sizes: pl.DataFrame, *, size: str | None = None) -> go.Figure:
+def amax_depth_figure(
+    amax_summary: pl.DataFrame, sizes: pl.DataFrame, *, size: str | None = None
+) -> go.Figure:
     """Amax gain over depth at the last evaluation, forward (left) and backward (right), per arm at one size
     (default: the largest with profiles): composite solid, per-layer dotted, log axis; means over runs."""
     title = "Amax gain over depth (last evaluation)"
@@ -272,47 +366,78 @@ def amax_depth_figure(amax_summary: pl.DataFrame, sizes: pl.DataFrame, *, size: 
     for arm, color in arm_colors(_arms(at)).items():
         for col, direction in enumerate(("forward", "backward"), start=1):
             for kind, dash in (("composite", "solid"), ("layer", "dot")):
-                line = at.filter(pl.col("arm") == arm, pl.col("quantity") == f"{kind}_{direction}").sort("layer")
+                line = at.filter(pl.col("arm") == arm, pl.col("quantity") == f"{kind}_{direction}").sort(
+                    "layer"
+                )
                 if line.is_empty():
                     continue
-                fig.add_trace(go.Scatter(
-                    x=line.get_column("layer"), y=line.get_column("mean"), mode="lines+markers",
-                    line={"color": color, "dash": dash}, marker={"size": 4}, legendgroup=arm,
-                    name=f"{arm} {kind}", showlegend=col == 1,
-                    customdata=line.select("min", "max", "num_runs").rows(),
-                    hovertemplate="sublayer %{x}<br>mean %{y:.4g} (min %{customdata[0]:.4g}, max "
-                                  "%{customdata[1]:.4g}, %{customdata[2]} runs)<extra>" + f"{arm} {kind}</extra>",
-                ), row=1, col=col)  # fmt: skip
+                fig.add_trace(
+                    go.Scatter(
+                        x=line.get_column("layer"),
+                        y=line.get_column("mean"),
+                        mode="lines+markers",
+                        line={"color": color, "dash": dash},
+                        marker={"size": 4},
+                        legendgroup=arm,
+                        name=f"{arm} {kind}",
+                        showlegend=col == 1,
+                        customdata=line.select("min", "max", "num_runs").rows(),
+                        hovertemplate="sublayer %{x}<br>mean %{y:.4g} (min %{customdata[0]:.4g}, max "
+                        "%{customdata[1]:.4g}, %{customdata[2]} runs)<extra>" + f"{arm} {kind}</extra>",
+                    ),
+                    row=1,
+                    col=col,
+                )
     fig.update_xaxes(title="sublayer (residual connection) index")
-    fig.update_yaxes(type="log", title="Amax gain", col=1)
+    fig.update_yaxes(type="log")  # both panels: a shared axis must have one type
+    fig.update_yaxes(title="Amax gain", col=1)
     fig.update_layout(template=TEMPLATE, title=f"{title}, size {chosen}", height=440)
     return fig
 
 
-def amax_evolution_figure(amax_evolution: pl.DataFrame, sizes: pl.DataFrame, *, size: str | None = None) -> go.Figure:
-    """Largest composite Amax (forward solid, backward dashed) over training per arm at one size, log axis."""
-    title = "Composite Amax over training"
+def amax_evolution_figure(
+    amax_evolution: pl.DataFrame, sizes: pl.DataFrame, *, size: str | None = None
+) -> go.Figure:
+    """Largest composite Amax over training, forward (left) and backward (right), one line per (arm, budget)
+    at one size (default: the largest), mean over seeds, log axes."""
+    title = "Largest composite Amax over training"
     chosen = _pick_size(amax_evolution, sizes, size)
     if chosen is None:
         return _message(title, "No eval/amax_* metrics logged yet.")
     at = amax_evolution.filter(pl.col("size") == chosen)
-    fig = go.Figure()
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("forward", "backward"), shared_yaxes=True)
     for arm, color in arm_colors(_arms(at)).items():
-        for metric, dash, label in (("eval/amax_fwd_composite_max", "solid", "fwd"),
-                                    ("eval/amax_bwd_composite_max", "dash", "bwd")):  # fmt: skip
-            line = at.filter(pl.col("arm") == arm, pl.col("metric") == metric).sort("step")
-            if line.is_empty():
-                continue
-            fig.add_trace(go.Scatter(
-                x=line.get_column("step"), y=line.get_column("mean"), mode="lines+markers",
-                line={"color": color, "dash": dash}, name=f"{arm} {label}", legendgroup=arm,
-                customdata=line.select("max", "num_runs").rows(),
-                hovertemplate="step %{x}<br>mean %{y:.4g} (max %{customdata[0]:.4g}, %{customdata[1]} runs)"
-                              "<extra>" + f"{arm} {label}</extra>",
-            ))  # fmt: skip
-    fig.update_xaxes(title="optimizer step")
-    fig.update_yaxes(type="log", title="largest composite Amax gain")
-    fig.update_layout(template=TEMPLATE, title=f"{title}, size {chosen}", height=400)
+        mine = at.filter(pl.col("arm") == arm)
+        budgets = sorted(b for b in mine.get_column("budget").unique().to_list() if b is not None)
+        for rank, budget in enumerate(budgets):
+            for col, metric in enumerate(
+                ("eval/amax_fwd_composite_max", "eval/amax_bwd_composite_max"), start=1
+            ):
+                line = mine.filter(pl.col("budget") == budget, pl.col("metric") == metric).sort("step")
+                if line.is_empty():
+                    continue
+                fig.add_trace(
+                    go.Scatter(
+                        x=line.get_column("tokens"),
+                        y=line.get_column("mean"),
+                        mode="lines+markers",
+                        line={"color": color, "width": 1 + 1.5 * rank / max(1, len(budgets) - 1)},
+                        marker={"size": 5},
+                        name=f"{arm} budget {budget:.3g}",
+                        legendgroup=arm,
+                        showlegend=col == 1,
+                        customdata=line.select("step", "max", "num_runs").rows(),
+                        hovertemplate="step %{customdata[0]}, tokens %{x:.3g}<br>"
+                        "mean %{y:.4g} (max %{customdata[1]:.4g},"
+                        " %{customdata[2]} runs)<extra>" + f"{arm} {budget:.3g}</extra>",
+                    ),
+                    row=1,
+                    col=col,
+                )
+    fig.update_xaxes(type="log", title="tokens")
+    fig.update_yaxes(type="log")
+    fig.update_yaxes(title="largest composite Amax gain", col=1)
+    fig.update_layout(template=TEMPLATE, title=f"{title}, size {chosen} (thicker: larger budget)", height=420)
     return fig
 
 
@@ -329,51 +454,99 @@ def overhead_figure(overhead: pl.DataFrame, sizes: pl.DataFrame) -> go.Figure:
     if overhead.is_empty():
         return _message(title, "No finished runs of a variant and the baseline at the same size yet.")
     order = {s: i for i, s in enumerate(sizes.get_column("size").to_list())}
+    hardware = sorted(overhead.get_column("hardware").unique().to_list())
+    codes = {name: f"hw{i}" for i, name in enumerate(hardware, start=1)}
+    label = (
+        pl.col("size")
+        if len(hardware) == 1
+        else pl.format("{} · {}", "size", pl.col("hardware").replace_strict(codes))
+    )
     cells = (
         overhead.with_columns(pl.col("size").replace_strict(order, default=len(order)).alias("_order"))
         .sort("_order", "hardware", "arm")
-        .with_columns(pl.format("{}<br>{}", "size", "hardware").alias("cell"))
+        .with_columns(label.alias("cell"))
+    )
+    legend = (
+        "; ".join(f"{code} = {name}" for name, code in codes.items()) if len(hardware) > 1 else hardware[0]
     )
     quantities = [q for q in _QUANTITY_TITLES if q in set(cells.get_column("quantity"))]
-    fig = make_subplots(rows=1, cols=len(quantities), subplot_titles=[f"{_QUANTITY_TITLES[q]} change (%)"
-                                                                      for q in quantities])  # fmt: skip
+    fig = make_subplots(
+        rows=1, cols=len(quantities), subplot_titles=[f"{_QUANTITY_TITLES[q]} change (%)" for q in quantities]
+    )
     colors = arm_colors(_arms(cells))
     for col, quantity in enumerate(quantities, start=1):
         for arm, color in colors.items():
             mine = cells.filter(pl.col("quantity") == quantity, pl.col("arm") == arm)
             drawn = mine.filter(pl.col("change_pct").is_not_null())
             if not drawn.is_empty():
-                fig.add_trace(go.Bar(
-                    x=drawn.get_column("cell"), y=drawn.get_column("change_pct"), marker_color=color, name=arm,
-                    legendgroup=arm, showlegend=col == 1,
-                    error_y=_error(drawn, "change_pct", "lower_pct", "upper_pct"),
-                    customdata=drawn.select("num_runs", "num_baseline_runs", "status").rows(),
-                    hovertemplate="%{x}<br>%{y:+.2f}%<br>%{customdata[0]} runs vs %{customdata[1]} baseline runs"
-                                  " (%{customdata[2]})<extra>" + arm + "</extra>",
-                ), row=1, col=col)  # fmt: skip
+                fig.add_trace(
+                    go.Bar(
+                        x=drawn.get_column("cell"),
+                        y=drawn.get_column("change_pct"),
+                        marker_color=color,
+                        name=arm,
+                        legendgroup=arm,
+                        showlegend=col == 1,
+                        error_y=_error(drawn, "change_pct", "lower_pct", "upper_pct"),
+                        customdata=drawn.select("num_runs", "num_baseline_runs", "status").rows(),
+                        hovertemplate="%{x}<br>%{y:+.2f}%<br>"
+                        "%{customdata[0]} runs vs %{customdata[1]} baseline runs"
+                        " (%{customdata[2]})<extra>" + arm + "</extra>",
+                    ),
+                    row=1,
+                    col=col,
+                )
             flagged = mine.filter(pl.col("change_pct").is_null())
             if not flagged.is_empty():
-                fig.add_trace(go.Scatter(
-                    x=flagged.get_column("cell"), y=[0.0] * flagged.height, mode="markers+text",
-                    marker={"symbol": "x", "color": color, "size": 10}, text=["no baseline here"] * flagged.height,
-                    textposition="top center", name=f"{arm}: not compared", legendgroup=arm, showlegend=False,
-                    customdata=flagged.select("baseline_hardware").rows(),
-                    hovertemplate="%{x}<br>baseline ran only on %{customdata[0]}<extra>" + arm + "</extra>",
-                ), row=1, col=col)  # fmt: skip
+                fig.add_trace(
+                    go.Scatter(
+                        x=flagged.get_column("cell"),
+                        y=[0.0] * flagged.height,
+                        mode="markers",
+                        marker={"symbol": "x", "color": color, "size": 11, "line": {"width": 1}},
+                        name=f"{arm}: not compared (no baseline on this hardware)",
+                        legendgroup=arm,
+                        showlegend=col == 1,
+                        customdata=flagged.select("baseline_hardware").rows(),
+                        hovertemplate="%{x}<br>not compared: "
+                        "the baseline ran at this size only on %{customdata[0]}"
+                        "<extra>" + arm + "</extra>",
+                    ),
+                    row=1,
+                    col=col,
+                )
         fig.add_hline(y=0.0, line={"color": "gray", "width": 1}, row=1, col=col)
-    fig.update_layout(template=TEMPLATE, title=title, height=460, barmode="group")
+    fig.update_xaxes(tickangle=0)
+    fig.update_layout(
+        template=TEMPLATE,
+        title={"text": title, "subtitle": {"text": f"hardware: {legend}"}},
+        height=480,
+        barmode="group",
+        legend={"orientation": "h", "y": -0.22},
+    )
     return fig
 
 
 _STABILITY_COLUMNS = {
-    "arm": "arm", "runs": "runs", "finished": "finished", "diverged": "diverged",
-    "divergence_rate": "divergence rate", "failed_oom": "OOM", "failed_crashed": "crashed",
-    "failed_killed": "killed", "failed_node_died": "node died", "failed_other": "other failures",
-    "loss_spikes": "loss spikes", "runs_with_loss_spikes": "runs with loss spikes",
-    "grad_norm_spikes": "grad-norm spikes", "runs_with_grad_norm_spikes": "runs with grad-norm spikes",
-    "median_diverged_step": "median diverged step", "amax_fwd_composite_max": "max Amax fwd",
-    "amax_bwd_composite_max": "max Amax bwd", "ds_error_max": "max DS error",
-}  # fmt: skip
+    "arm": "arm",
+    "runs": "runs",
+    "finished": "finished",
+    "diverged": "diverged",
+    "divergence_rate": "divergence rate",
+    "failed_oom": "OOM",
+    "failed_crashed": "crashed",
+    "failed_killed": "killed",
+    "failed_node_died": "node died",
+    "failed_other": "other failures",
+    "loss_spikes": "loss spikes",
+    "runs_with_loss_spikes": "runs with loss spikes",
+    "grad_norm_spikes": "grad-norm spikes",
+    "runs_with_grad_norm_spikes": "runs with grad-norm spikes",
+    "median_diverged_step": "median diverged step",
+    "amax_fwd_composite_max": "max Amax fwd",
+    "amax_bwd_composite_max": "max Amax bwd",
+    "ds_error_max": "max DS error",
+}
 
 
 def stability_table(stability_arms: pl.DataFrame) -> go.Figure:
@@ -386,14 +559,26 @@ def stability_table(stability_arms: pl.DataFrame) -> go.Figure:
     for c in columns:
         values = stability_arms.get_column(c)
         if values.dtype.is_float():
-            cells.append([None if v is None else float(f"{v:.4g}") for v in values.to_list()])
+            cells.append(["–" if v is None else float(f"{v:.4g}") for v in values.to_list()])
         else:
-            cells.append(values.to_list())
-    fig = go.Figure(go.Table(
-        header={"values": [_STABILITY_COLUMNS[c] for c in columns], "fill_color": "#e8ecf4", "align": "left"},
-        cells={"values": cells, "align": "left"},
-    ))  # fmt: skip
-    fig.update_layout(template=TEMPLATE, title=title, height=140 + 32 * stability_arms.height)
+            cells.append(["–" if v is None else v for v in values.to_list()])
+    fig = go.Figure(
+        go.Table(
+            header={
+                "values": [f"<b>{_STABILITY_COLUMNS[c]}</b>" for c in columns],
+                "fill_color": "#e8ecf4",
+                "align": "left",
+                "height": 44,
+            },
+            cells={"values": cells, "align": "left", "height": 28},
+        )
+    )
+    fig.update_layout(
+        template=TEMPLATE,
+        title=title,
+        height=150 + 28 * stability_arms.height,
+        margin={"t": 50, "b": 10, "l": 10, "r": 10},
+    )
     return fig
 
 
@@ -414,26 +599,58 @@ def optuna_figure(trials: pl.DataFrame) -> go.Figure:
     title = "Sinkhorn tuning (Optuna trials)"
     if trials.is_empty():
         return _message(title, "No trials yet.")
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss vs overhead", "doubly-stochastic error"))
-    fig.add_trace(go.Scatter(
-        x=trials.get_column("overhead"), y=trials.get_column("loss"), mode="markers", name="trials",
-        marker={"color": trials.get_column("iterations"), "colorscale": "Viridis", "size": 9, "showscale": True,
-                "colorbar": {"title": "iterations", "x": 0.45}},
-        customdata=trials.select("iterations").rows(),
-        hovertemplate="overhead %{x:.2f}%<br>loss %{y:.4f}<br>%{customdata[0]} iterations<extra></extra>",
-    ), row=1, col=1)  # fmt: skip
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=("loss vs overhead", "doubly-stochastic error"),
+        horizontal_spacing=0.12,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=trials.get_column("overhead"),
+            y=trials.get_column("loss"),
+            mode="markers",
+            name="trials",
+            marker={
+                "color": trials.get_column("iterations"),
+                "colorscale": "Viridis",
+                "size": 9,
+                "showscale": True,
+                "colorbar": {"title": "iterations", "x": 1.02},
+            },
+            customdata=trials.select("iterations").rows(),
+            hovertemplate="overhead %{x:.2f}%<br>loss %{y:.4f}<br>%{customdata[0]} iterations<extra></extra>",
+        ),
+        row=1,
+        col=1,
+    )
     front = trials.filter(pl.col("pareto")).sort("overhead")
-    fig.add_trace(go.Scatter(
-        x=front.get_column("overhead"), y=front.get_column("loss"), mode="lines+markers", name="Pareto front",
-        line={"color": "#c44e52"}, marker={"symbol": "diamond-open", "size": 13, "color": "#c44e52"},
-    ), row=1, col=1)  # fmt: skip
-    fig.add_trace(go.Scatter(
-        x=trials.get_column("iterations"), y=trials.get_column("ds_error"), mode="markers", name="DS error",
-        marker={"color": "#4c72b0", "size": 8},
-    ), row=1, col=2)  # fmt: skip
+    fig.add_trace(
+        go.Scatter(
+            x=front.get_column("overhead"),
+            y=front.get_column("loss"),
+            mode="lines+markers",
+            name="Pareto front",
+            line={"color": "#c44e52"},
+            marker={"symbol": "diamond-open", "size": 13, "color": "#c44e52"},
+        ),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=trials.get_column("iterations"),
+            y=trials.get_column("ds_error"),
+            mode="markers",
+            name="DS error",
+            marker={"color": "#4c72b0", "size": 8},
+        ),
+        row=1,
+        col=2,
+    )
     fig.update_xaxes(title="step-time overhead (%)", row=1, col=1)
     fig.update_yaxes(title="validation loss", row=1, col=1)
     fig.update_xaxes(title="Sinkhorn iterations", row=1, col=2)
     fig.update_yaxes(type="log", title="max doubly-stochastic error", row=1, col=2)
-    fig.update_layout(template=TEMPLATE, title=title, height=440)
+    fig.update_layout(template=TEMPLATE, title=title, height=460, legend={"orientation": "h", "y": -0.2})
     return fig

@@ -1,15 +1,15 @@
-"""The static HTML dashboard: an index page with the headline numbers and one page per topic, readable offline.
+"""The static HTML dashboard: an index page with the headline numbers and a page per topic, readable offline.
 
     index = build_dashboard(analyze(uri, "quickstart"), "dashboards/quickstart")
 
 Layout of `out_dir`: ``index.html``, ``scaling.html``, ``comparison.html``, ``training.html``, ``amax.html``,
 ``overhead.html``, ``stability.html`` (and ``tuning.html`` when the results carry Optuna trials), one
-``plotly.min.js`` beside them (Plotly's ``include_plotlyjs="directory"`` layout: written once, not per page, not
-from a CDN, so the pages work with no network), and ``data/`` with the results as parquet/JSON.
+``plotly.min.js`` beside them (Plotly's ``include_plotlyjs="directory"`` layout: written once, not per page,
+not from a CDN, so the pages work with no network), and ``data/`` with the results as parquet/JSON.
 
-Each figure is embedded as its Plotly JSON in a ``<script type="application/json" data-figure=...>`` element and
-drawn by a few lines of JavaScript at the end of the page: the data a page shows can be read back from the HTML
-by anything that parses JSON (tests/dashboards/test_dashboard.py does). Numbers in the text come from
+Each figure is embedded as its Plotly JSON in a ``<script type="application/json" data-figure=...>`` element
+and drawn by a few lines of JavaScript at the end of the page: the data a page shows can be read back from the
+HTML by anything that parses JSON (tests/dashboards/test_dashboard.py does). Numbers in the text come from
 `Results.headline` and the other result frames, formatted, never recomputed.
 """
 
@@ -42,7 +42,8 @@ PLOTLY_JS = "plotly.min.js"
 """The one copy of plotly.js, beside the pages."""
 
 _STYLE = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #222; background: #fafafa; }
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #222;
+       background: #fafafa; }
 header { background: #24324a; color: #fff; padding: 0.8em 1.5em; }
 header a { color: #cfe0ff; margin-right: 1.2em; text-decoration: none; }
 header a.current { color: #fff; font-weight: 600; text-decoration: underline; }
@@ -57,6 +58,7 @@ table.data { border-collapse: collapse; background: #fff; font-size: 0.9em; }
 table.data th, table.data td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: right; }
 table.data th { background: #e8ecf4; }
 table.data td.text { text-align: left; }
+.scroll { overflow-x: auto; max-width: 100%; }
 .meta { color: #555; font-size: 0.9em; }
 """
 
@@ -118,25 +120,29 @@ def _pages(results: Results) -> list[_Page]:
 
 def _document(results: Results, pages: Sequence[_Page], page: _Page, body: list[str]) -> str:
     nav = " ".join(
-        f'<a href="{p.name}.html"{" class=current" if p is page else ""}>{html.escape(p.title)}</a>' for p in pages
+        f'<a href="{p.name}.html"{" class=current" if p is page else ""}>{html.escape(p.title)}</a>'
+        for p in pages
     )
     title = f"{results.experiment} · {page.title}"
-    return "\n".join([
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{html.escape(title)}</title>",
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<style>{_STYLE}</style>",
-        f'<script src="{PLOTLY_JS}" charset="utf-8"></script>',
-        "</head><body>",
-        f"<header><strong>mhc-ladder · {html.escape(results.experiment)}</strong>&nbsp;&nbsp; {nav}</header>",
-        "<main>",
-        f"<h1>{html.escape(page.title)}</h1>",
-        *body,
-        "</main>",
-        f"<script>{_LOADER}</script>",
-        "</body></html>",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            f"<title>{html.escape(title)}</title>",
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            f"<style>{_STYLE}</style>",
+            f'<script src="{PLOTLY_JS}" charset="utf-8"></script>',
+            "</head><body>",
+            f"<header><strong>mhc-ladder · {html.escape(results.experiment)}</strong>&nbsp;&nbsp; "
+            f"{nav}</header>",
+            "<main>",
+            f"<h1>{html.escape(page.title)}</h1>",
+            *body,
+            "</main>",
+            f"<script>{_LOADER}</script>",
+            "</body></html>",
+        ]
+    )
 
 
 def _figure(fig: go.Figure, name: str) -> str:
@@ -156,7 +162,7 @@ def _fmt(value: Any, digits: int = 4) -> str:
     if isinstance(value, float):
         if math.isinf(value):
             return "∞" if value > 0 else "−∞"
-        return f"{value:.{digits}g}".replace("-", "−")
+        return f"{value:.{digits}g}".replace("e+", "e").replace("-", "−")
     return str(value)
 
 
@@ -193,7 +199,21 @@ def _table(frame: pl.DataFrame, columns: dict[str, str] | None = None, *, max_ro
             cells.append(f"<td{css}>{html.escape(_fmt(value))}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     more = f"<p class=meta>First {max_rows} of {frame.height} rows.</p>" if frame.height > max_rows else ""
-    return f'<table class="data"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>{more}'
+    return (
+        f'<div class="scroll"><table class="data"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody>"
+        f"</table></div>{more}"
+    )
+
+
+def _size_sorted(
+    frame: pl.DataFrame, results: Results, *first: str, then: Sequence[str] = ()
+) -> pl.DataFrame:
+    """Rows by `first`, then by size from small to large (not alphabetically: p16 after p4), then `then`."""
+    order = {size: i for i, size in enumerate(results.sizes.get_column("size").to_list())}
+    if frame.is_empty() or "size" not in frame.columns:
+        return frame
+    return frame.sort(*first, pl.col("size").replace_strict(order, default=len(order)), *then)
 
 
 def _notes(notes: Sequence[str]) -> str:
@@ -211,14 +231,18 @@ def _headline_text(row: dict[str, Any], baseline: str, confidence: float) -> str
     """One paragraph per arm from its `Results.headline` row."""
     arm = html.escape(row["arm"])
     level = f"{100 * confidence:g}% CI"
-    amax = f"Largest composite Amax: forward {_fmt(row['max_amax_fwd'])}, backward {_fmt(row['max_amax_bwd'])}."
+    amax = (
+        f"Largest composite Amax: forward {_fmt(row['max_amax_fwd'])}, backward {_fmt(row['max_amax_bwd'])}."
+    )
     if row["is_baseline"]:
-        return f'<div class="headline baseline"><strong>{arm}</strong> (baseline): {row["runs"]} runs. {amax}</div>'
+        text = f"<strong>{arm}</strong> (baseline): {row['runs']} runs. {amax}"
+        return f'<div class="headline baseline">{text}</div>'
     parts = [f"<strong>{arm}</strong> vs {html.escape(baseline)}: {row['runs']} runs."]
     if row["gap"] is not None:
         parts.append(
             f"At the largest budget both reached ({_fmt(row['budget'], 3)} FLOPs; compute-optimal sizes "
-            f"{html.escape(str(row['size']))} vs {html.escape(str(row['baseline_size']))}; {row['num_seeds']} "
+            f"{html.escape(str(row['size']))} vs {html.escape(str(row['baseline_size']))}; "
+            f"{row['num_seeds']} "
             f"seeds) the <strong>loss gap is {_signed(row['gap'], 4)}</strong> ({level} "
             f"{_interval(row['gap_lower'], row['gap_upper'], 4)}) and the loss ratio {_fmt(row['ratio'], 5)} "
             f"({_range(row['ratio_lower'], row['ratio_upper'], 5)})."
@@ -238,10 +262,13 @@ def _headline_text(row: dict[str, Any], baseline: str, confidence: float) -> str
             f"<strong>Step-time overhead {_signed(row['step_time_overhead_pct'], 1, '%')}</strong> "
             f"({_interval(row['step_time_lower_pct'], row['step_time_upper_pct'], 1, '%')}) at size "
             f"{html.escape(str(row['step_time_size']))} on {html.escape(str(row['step_time_hardware']))}"
-            + (f"; peak memory {_signed(row['peak_memory_overhead_pct'], 1, '%')}"
-               if row["peak_memory_overhead_pct"] is not None else "")
+            + (
+                f"; peak memory {_signed(row['peak_memory_overhead_pct'], 1, '%')}"
+                if row["peak_memory_overhead_pct"] is not None
+                else ""
+            )
             + "."
-        )  # fmt: skip
+        )
     else:
         parts.append("No overhead: no size has finished runs of both on the same hardware.")
     parts.append(amax)
@@ -254,7 +281,8 @@ def _index_body(results: Results) -> list[str]:
     body = [
         f"<p class=meta>Experiment <strong>{html.escape(results.experiment)}</strong> from "
         f"<code>{html.escape(results.tracking_uri)}</code>, analysed {html.escape(results.created)}: "
-        f"{results.runs.height} runs ({html.escape(status)}). Intervals are {100 * results.config.confidence:g}%: "
+        f"{results.runs.height} runs ({html.escape(status)}). "
+        f"Intervals are {100 * results.config.confidence:g}%: "
         "t-intervals over seeds for loss gaps, bootstrap over runs for fits and multipliers, Welch over runs "
         "for overheads.</p>",
         "<h2>Headline</h2>",
@@ -267,10 +295,20 @@ def _index_body(results: Results) -> list[str]:
 
 
 def _scaling_body(results: Results) -> list[str]:
-    quality = {"arm": "arm", "law": "law", "num_points": "points", "num_budgets": "budgets", "num_sizes": "sizes",
-               "converged": "converged", "r2_log": "R² (log)", "num_bootstrap_converged": "resamples used",
-               "rollout_error": "rollout |L̂/L − 1|", "rollout_split_by": "held out by",
-               "rollout_split_at": "fitted up to", "rollout_held_out": "held-out runs"}  # fmt: skip
+    quality = {
+        "arm": "arm",
+        "law": "law",
+        "num_points": "points",
+        "num_budgets": "budgets",
+        "num_sizes": "sizes",
+        "converged": "converged",
+        "r2_log": "R² (log)",
+        "num_bootstrap_converged": "resamples used",
+        "rollout_error": "rollout |L̂/L − 1|",
+        "rollout_split_by": "held out by",
+        "rollout_split_at": "fitted up to",
+        "rollout_held_out": "held-out runs",
+    }
     return [
         "<p>L(C) = E + A·C<sup>−α</sup> fitted per arm on its compute-optimal runs (Huber loss in log space, "
         "L-BFGS-B from a grid of starts); bands: bootstrap over runs; dashed: extrapolation.</p>",
@@ -293,54 +331,87 @@ def _comparison_body(results: Results) -> list[str]:
         "<h2>Compute multipliers</h2>",
         _table(results.multipliers),
         "<h2>At matching size</h2>",
-        _table(results.gaps),
+        _table(_size_sorted(results.gaps, results, "arm", then=["budget"])),
     ]
 
 
 def _training_body(results: Results) -> list[str]:
     body = [
-        "<p>One line per run, coloured by arm (dotted: not finished); the menu at the top right shows one arm.</p>",
+        "<p>One line per run, coloured by arm (dotted: not finished); the menu at the top right shows one "
+        "arm.</p>",
         _figure(figures.loss_curves_figure(results.history, results.runs, metric="train/loss"), "train-loss"),
     ]
     if not results.history.filter(pl.col("metric") == "eval/loss").is_empty():
-        body.append(_figure(figures.loss_curves_figure(results.history, results.runs, metric="eval/loss"), "eval-loss"))
+        body.append(
+            _figure(
+                figures.loss_curves_figure(results.history, results.runs, metric="eval/loss"), "eval-loss"
+            )
+        )
     return body
 
 
 def _amax_body(results: Results) -> list[str]:
-    sizes = [s for s in results.sizes.get_column("size").to_list()
-             if s in set(results.amax_summary.get_column("size"))]  # fmt: skip
-    body = ["<p>Amax gain: the largest absolute row sum (forward) or column sum (backward) of the residual mixing "
-            "matrix, per sublayer and composed from the input (forward) or to the output (backward).</p>"]  # fmt: skip
+    sizes = [
+        s
+        for s in results.sizes.get_column("size").to_list()
+        if s in set(results.amax_summary.get_column("size"))
+    ]
+    body = [
+        "<p>Amax gain: the largest absolute row sum (forward) or column sum (backward) of the residual "
+        "mixing "
+        "matrix, per sublayer and composed from the input (forward) or to the output (backward).</p>"
+    ]
     if not sizes:
         body.append(_figure(figures.amax_depth_figure(results.amax_summary, results.sizes), "amax-depth"))
     for size in reversed(sizes):
-        body.append(_figure(figures.amax_depth_figure(results.amax_summary, results.sizes, size=size),
-                            f"amax-depth-{size}"))  # fmt: skip
-    body.append(_figure(figures.amax_evolution_figure(results.amax_evolution, results.sizes), "amax-evolution"))
+        body.append(
+            _figure(
+                figures.amax_depth_figure(results.amax_summary, results.sizes, size=size),
+                f"amax-depth-{size}",
+            )
+        )
+    body.append(
+        _figure(figures.amax_evolution_figure(results.amax_evolution, results.sizes), "amax-evolution")
+    )
     return body
 
 
 def _overhead_body(results: Results) -> list[str]:
-    columns = {"size": "size", "hardware": "hardware", "arm": "arm", "quantity": "quantity", "num_runs": "runs",
-               "num_baseline_runs": "baseline runs", "value": "value", "baseline_value": "baseline",
-               "change_pct": "change %", "lower_pct": "lower %", "upper_pct": "upper %", "status": "status",
-               "baseline_hardware": "baseline ran on"}  # fmt: skip
+    columns = {
+        "size": "size",
+        "hardware": "hardware",
+        "arm": "arm",
+        "quantity": "quantity",
+        "num_runs": "runs",
+        "num_baseline_runs": "baseline runs",
+        "value": "value",
+        "baseline_value": "baseline",
+        "change_pct": "change %",
+        "lower_pct": "lower %",
+        "upper_pct": "upper %",
+        "status": "status",
+        "baseline_hardware": "baseline ran on",
+    }
     return [
-        "<p>Per run: median step time after warm-up, tokens/s at that median, peak memory. Across runs: ratio of "
-        "geometric means with a Welch interval on the log scale. Runs on different hardware are never pooled.</p>",
+        "<p>Per run: median step time after warm-up, tokens/s at that median, peak memory. Across runs: "
+        "ratio of geometric means with a Welch interval on the log scale. Runs on different hardware are "
+        "never pooled.</p>",
         _figure(figures.overhead_figure(results.overhead, results.sizes), "overhead"),
-        _table(results.overhead, columns),
+        _table(_size_sorted(results.overhead, results, "quantity", then=["hardware", "arm"]), columns),
     ]
 
 
 def _stability_body(results: Results) -> list[str]:
-    rules = "; ".join(f"{r.metric}: > {r.factor:g}× the median of the previous {r.window} values"
-                      for r in results.config.spike_rules)  # fmt: skip
+    rules = "; ".join(
+        f"{r.metric}: > {r.factor:g}× the median of the previous {r.window} values"
+        for r in results.config.spike_rules
+    )
     failed = results.stability_runs.filter(pl.col("diverged") | pl.col("failure_reason").is_not_null())
     return [
         f"<p>A spike: {html.escape(rules)} (at least {results.config.spike_rules[0].min_history} of them "
-        "seen). Consecutive spiking steps are one event.</p>" if results.config.spike_rules else "",
+        "seen). Consecutive spiking steps are one event.</p>"
+        if results.config.spike_rules
+        else "",
         _figure(figures.stability_table(results.stability_arms), "stability"),
         "<h2>Spike events</h2>",
         _table(results.spikes),

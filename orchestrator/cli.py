@@ -30,7 +30,7 @@ def _configured(preset: str, residual: str, n: int | None) -> ModelConfig:
 
 
 def _fail(error: LadderError) -> None:
-    console.print(f"[red]error:[/red] {escape(str(error))}")
+    console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)  # paths stay on one line
     raise typer.Exit(code=2)
 
 
@@ -326,6 +326,125 @@ def ui(
     config = TrackingConfig(uri=tracking_uri) if tracking_uri else TrackingConfig()
     console.print(f"MLflow UI for {config.uri} on http://127.0.0.1:{port} (Ctrl-C stops it)")
     serve_ui(config.uri, host="127.0.0.1", port=port)
+
+
+def _tune_table(title: str, frame, knobs: list[str]) -> Table:
+    """Trials of a `trials_frame` as a table: the searched knobs, the metrics, the Pareto mark."""
+    table = Table(title=title)
+    for column in ("trial", "state", *knobs, "val_loss", "overhead", "ds_error", "steps", "pareto"):
+        table.add_column(column, justify="left" if column in ("state", "convention") else "right")
+    colours = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red", "RUNNING": "cyan", "WAITING": "white"}
+
+    def number(value, fmt: str) -> str:
+        return "" if value is None else format(value, fmt)
+
+    for row in frame.iter_rows(named=True):
+        state = row["state"] if row["outcome"] in (None, "complete", "pruned") else f"{row['state']} ({row['outcome']})"
+        table.add_row(
+            str(row["number"]),
+            f"[{colours.get(row['state'], 'white')}]{state}[/]",
+            *(number(row[k], ".3g") if isinstance(row[k], float) else str(row[k]) for k in knobs),
+            number(row["val_loss"], ".4f"),
+            "" if row["step_time_overhead"] is None else f"{100 * row['step_time_overhead']:+.1f}%",
+            number(row["ds_error"], ".2e"),
+            "" if row["steps"] is None else str(row["steps"]),
+            "[bold]★[/bold]" if row["pareto"] else "",
+        )
+    return table
+
+
+@app.command("tune")
+def tune_command(
+    spec_file: Annotated[Path, typer.Argument(help="Tuning YAML (see sweeps/sinkhorn_tuning.yaml).")],
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address or 'auto'; default: an embedded local Ray.")
+    ] = None,
+    report: Annotated[bool, typer.Option("--report", help="Print the best trials and the Pareto front.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved study and exit.")] = False,
+) -> None:
+    """Run (again: continue) an Optuna study of mHC knobs, trials trained on Ray; resumable after any kill."""
+    import polars as pl
+    from rich.live import Live
+
+    from orchestrator.tune import TuningError, frame_from_trials, load_tuning, trials_frame
+    from orchestrator.tune import tune as run_study
+    from orchestrator.tune.study import masked_url
+
+    try:
+        spec = load_tuning(spec_file)
+    except ConfigError as error:
+        _fail(error)
+    knobs = spec.search.knobs()
+    storage = masked_url(spec.storage_url)
+    objective = (
+        " + ".join(f"{w:g}·{m}" for m, w in spec.weights.items()) if spec.weights else ", ".join(spec.metrics)
+    )
+    if dry_run:
+        base = spec.base_spec
+        steps = base.total_steps()
+        table = Table(title=f"{spec.name}: study {spec.study_name} (dry run)", show_header=False)
+        table.add_column("what")
+        table.add_column("value")
+        for what, value in [
+            ("storage", storage),
+            ("objectives (minimised)", objective),
+            ("sampler", f"{spec.sampler_kind} (seed {spec.sampler.seed})"),
+            ("pruner", spec.pruner_kind),
+            ("trials", f"{spec.budget.n_trials}, {spec.budget.parallelism} at once, "
+                       f"timeout {spec.budget.timeout_s or 'none'} s"),
+            *((f"search.{k}", str(getattr(spec.search, k))) for k in knobs),
+            ("base run", f"{base.model.name} {base.model.residual.variant} n={base.model.residual.n}, "
+                         f"{steps:,} steps × {base.training.tokens_per_step:,} tokens, "
+                         f"{steps * base.flops_per_step():.3g} FLOPs"),
+            ("baseline run_key", spec.baseline_spec().run_key if spec.needs_baseline else "not needed"),
+            ("tracking", f"{spec.tracking_config.uri} (experiment {spec.tracking_config.experiment})"),
+        ]:
+            table.add_row(what, escape(value))
+        console.print(table)
+        console.print(f"dashboard: optuna-dashboard {escape(spec.storage_url)} --host 127.0.0.1", soft_wrap=True)
+        return
+    if report:
+        try:
+            frame = trials_frame(spec.storage_url, spec.study_name)
+        except TuningError as error:
+            _fail(error)
+        counts = frame.group_by("state").len().sort("state")
+        console.print(f"study [bold]{spec.study_name}[/bold] in {storage}: "
+                      + ", ".join(f"{s} {n}" for s, n in counts.iter_rows()) + f"; objectives {objective}")
+        complete = frame.filter(pl.col("state") == "COMPLETE")
+        if spec.multi_objective:
+            front = complete.filter(pl.col("pareto")).sort(spec.metrics[0])
+            console.print(_tune_table(f"Pareto front ({front.height} of {complete.height} complete)", front, knobs))
+            for metric in spec.metrics:
+                best = complete.sort(metric).head(3)
+                console.print(_tune_table(f"best by {metric}", best, knobs))
+        else:
+            console.print(_tune_table(f"best trials ({objective})", complete.sort("value").head(10), knobs))
+        return
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial would scroll the live table away
+    console.print(f"study [bold]{spec.study_name}[/bold] → {storage}; objectives {objective}")
+    console.print(f"dashboard: optuna-dashboard {escape(spec.storage_url)} --host 127.0.0.1", soft_wrap=True)
+    title = f"{spec.study_name} ({spec_file})"
+
+    def view(trials) -> Table:
+        return _tune_table(title, frame_from_trials(trials).tail(20), knobs)
+
+    try:
+        with Live(Table(title=title), console=console, refresh_per_second=2) as live:
+            result = run_study(spec, spec_file=spec_file, address=address,
+                               on_update=lambda trials: live.update(view(trials)))
+    except LadderError as error:
+        _fail(error)
+    console.print()
+    console.print(
+        f"launched {result.launched}; complete {result.complete}, pruned {result.pruned}, failed {result.failed} "
+        f"of {result.n_trials}" + (" (timed out: run again to continue)" if result.timed_out else "")
+        + (" (search space exhausted)" if result.exhausted else "")
+    )
+    if not (result.finished or result.exhausted or result.timed_out):
+        raise typer.Exit(code=1)
 
 
 def main() -> None:

@@ -1,13 +1,14 @@
 """Runs and histories from a real MLflow store; loss gaps, compute multiplier, overhead and stability on them.
 
 The store is a SQLite MLflow store filled with `MlflowClient` exactly as the trainer fills it (tags, flattened
-params, per-step metrics, ``final/*`` metrics, ``diagnostics/step_*.json`` artifacts, a sweep parent run): a sweep
-of residual and mhc over 3 sizes × 4 budgets × 2 seeds drawn from a planted truth --
+params, per-step metrics, ``final/*`` metrics, ``diagnostics/step_*.json`` artifacts, a sweep parent run): a
+sweep of residual and mhc over 3 sizes × 4 budgets × 2 seeds drawn from a planted truth --
 
 - the baseline's compute-optimal frontier follows L(C) = E + A·C^(−α); off the frontier a size pays
   κ·(distance in size steps)², an isoFLOP parabola;
 - mhc reaches at budget C the loss the baseline reaches at `MULTIPLIER`·C, so its loss gap and compute
-  multiplier are known exactly, and it costs `STEP_TIME_OVERHEAD` in step time and `MEMORY_OVERHEAD` in memory;
+  multiplier are known exactly, and it costs `STEP_TIME_OVERHEAD` in step time and `MEMORY_OVERHEAD` in
+  memory;
 
 -- plus what goes wrong: a diverged run, an OOM, a run resumed with a re-logged step, two mhc runs on hardware
 where the baseline never ran, a loss spike and a gradient-norm spike. Metrics are logged at 24 points of each
@@ -15,8 +16,8 @@ run (the analysis must not assume one point per optimizer step). The trainer's `
 artifact is left out: nothing here reads it, and each artifact call costs ~25 ms.
 
 `synthetic_store` builds the store once per session (under a lock, shared by pytest-xdist workers);
-tests/dashboards/test_dashboard.py uses it too. Building it takes ~20 s (MLflow creating its SQLite schema is
-~8 s of that); the analysis ~10 s.
+tests/dashboards/test_dashboard.py uses it too. Building it takes ~18 s on one core (MLflow creating its
+SQLite schema is ~8 s of that); the analysis ~2 s.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import fcntl
 import json
 import os
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +35,13 @@ import pytest
 
 from analysis.compare import fit_laws, loss_gaps
 from analysis.report import AnalysisConfig, Results, analyze_frames
-from analysis.runs import HISTORY_METRICS, HISTORY_SCHEMA, load_amax_profiles, load_experiment, load_history, load_runs
+from analysis.runs import (
+    HISTORY_SCHEMA,
+    load_amax_profiles,
+    load_experiment,
+    load_history,
+    load_runs,
+)
 from analysis.stability import SpikeRule, find_spikes
 
 EXPERIMENT = "synthetic-ladder"
@@ -89,9 +95,21 @@ class Store:
 # Writing the store the way the trainer does.
 
 
-def _log_run(client, experiment_id: str, parent_id: str, tmp: Path, rng: np.random.Generator, *, arm: str,
-             size: str, budget: float, seed: int, hardware: str = HARDWARE, loss: float | None = None,
-             failure: str | None = None) -> str:  # fmt: skip
+def _log_run(
+    client,
+    experiment_id: str,
+    parent_id: str,
+    tmp: Path,
+    rng: np.random.Generator,
+    *,
+    arm: str,
+    size: str,
+    budget: float,
+    seed: int,
+    hardware: str = HARDWARE,
+    loss: float | None = None,
+    failure: str | None = None,
+) -> str:
     from mlflow.entities import Metric, Param
 
     size_index = list(SIZES).index(size)
@@ -100,22 +118,43 @@ def _log_run(client, experiment_id: str, parent_id: str, tmp: Path, rng: np.rand
     total_steps = max(NUM_LOGGED, round(budget / (6.0 * N) / TOKENS_PER_STEP))
     run_key = f"{arm}-{size}-{budget:.0e}-s{seed}-{hardware[:5].replace(' ', '')}"
     tags = {
-        "mlflow.parentRunId": parent_id, "mlflow.runName": run_key, "run_key": run_key, "size": size,
-        "variant": arm, "n": "4" if arm == "mhc" else "1", "sinkhorn_iters": "20", "seed": str(seed),
-        "sweep": SWEEP, "budget": repr(budget), "params_total": str(int(3 * N)), "params_activated": str(int(1.5 * N)),
-        "params_activated_non_embedding": str(int(N)), "total_steps": str(total_steps),
-        "device": "cuda" if hardware == OTHER_HARDWARE else "cpu", "hardware": hardware,
-        "unigram_entropy": "7.123456", "attempt": "1",
-    }  # fmt: skip
+        "mlflow.parentRunId": parent_id,
+        "mlflow.runName": run_key,
+        "run_key": run_key,
+        "size": size,
+        "variant": arm,
+        "n": "4" if arm == "mhc" else "1",
+        "sinkhorn_iters": "20",
+        "seed": str(seed),
+        "sweep": SWEEP,
+        "budget": repr(budget),
+        "params_total": str(int(3 * N)),
+        "params_activated": str(int(1.5 * N)),
+        "params_activated_non_embedding": str(int(N)),
+        "total_steps": str(total_steps),
+        "device": "cuda" if hardware == OTHER_HARDWARE else "cpu",
+        "hardware": hardware,
+        "unigram_entropy": "7.123456",
+        "attempt": "1",
+    }
     run = client.create_run(experiment_id, tags=tags)
     run_id = run.info.run_id
     params = {
-        "model.name": size, "model.dim": 64 * DEPTH[size], "model.num_layers": DEPTH[size],
-        "model.residual.variant": arm, "model.residual.n": tags["n"], "model.residual.sinkhorn_iters": 20,
-        "training.lr": 3e-3, "training.seq_len": 256, "training.batch_size": 16, "training.seed": seed,
-        "training.budget.flops": budget, "training.compile": False, "training.betas": "[0.9, 0.95]",
+        "model.name": size,
+        "model.dim": 64 * DEPTH[size],
+        "model.num_layers": DEPTH[size],
+        "model.residual.variant": arm,
+        "model.residual.n": tags["n"],
+        "model.residual.sinkhorn_iters": 20,
+        "training.lr": 3e-3,
+        "training.seq_len": 256,
+        "training.batch_size": 16,
+        "training.seed": seed,
+        "training.budget.flops": budget,
+        "training.compile": False,
+        "training.betas": "[0.9, 0.95]",
         "training.device": "auto",
-    }  # fmt: skip
+    }
 
     steps = np.unique(np.linspace(1, total_steps, NUM_LOGGED).round().astype(int))
     last = len(steps) if failure is None else SPIKE_AT + 5
@@ -144,11 +183,18 @@ def _log_run(client, experiment_id: str, parent_id: str, tmp: Path, rng: np.rand
     for i in range(last):
         step = int(steps[i])
         tokens = step * TOKENS_PER_STEP
-        for name, value in (("train/loss", train_loss[i]), ("train/lr", 3e-3), ("train/grad_norm", grad_norm[i]),
-                            ("train/tokens", tokens), ("train/epochs", tokens / 5e9),
-                            ("train/flops", tokens * flops_per_token), ("train/flops_6n", tokens * 6.0 * N),
-                            ("perf/step_time_s", step_time[i]), ("perf/tokens_per_s", TOKENS_PER_STEP / step_time[i]),
-                            ("perf/flops_per_s", TOKENS_PER_STEP * flops_per_token / step_time[i])):  # fmt: skip
+        for name, value in (
+            ("train/loss", train_loss[i]),
+            ("train/lr", 3e-3),
+            ("train/grad_norm", grad_norm[i]),
+            ("train/tokens", tokens),
+            ("train/epochs", tokens / 5e9),
+            ("train/flops", tokens * flops_per_token),
+            ("train/flops_6n", tokens * 6.0 * N),
+            ("perf/step_time_s", step_time[i]),
+            ("perf/tokens_per_s", TOKENS_PER_STEP / step_time[i]),
+            ("perf/flops_per_s", TOKENS_PER_STEP * flops_per_token / step_time[i]),
+        ):
             log(name, value, step)
     profiles = {}
     for i in (9, 19, last - 1) if failure is None else (9, 19):
@@ -165,32 +211,49 @@ def _log_run(client, experiment_id: str, parent_id: str, tmp: Path, rng: np.rand
             "expert_load": [{"max_violation": 0.2, "cv": 0.1, "dead_experts": 0}] * DEPTH[size],
         }
         profiles[step] = profile
-        for name, value in (("eval/loss", eval_loss), ("eval/amax_fwd_composite_max", max(profile["composite_forward"])),
-                            ("eval/amax_bwd_composite_max", max(profile["composite_backward"])),
-                            ("eval/amax_fwd_layer_max", max(profile["layer_forward"])),
-                            ("eval/amax_bwd_layer_max", max(profile["layer_backward"])),
-                            ("eval/ds_error_max", max(profile["ds_error"])), ("eval/expert_max_violation", 0.2),
-                            ("eval/expert_cv", 0.1), ("eval/dead_experts", 0.0)):  # fmt: skip
+        for name, value in (
+            ("eval/loss", eval_loss),
+            ("eval/amax_fwd_composite_max", max(profile["composite_forward"])),
+            ("eval/amax_bwd_composite_max", max(profile["composite_backward"])),
+            ("eval/amax_fwd_layer_max", max(profile["layer_forward"])),
+            ("eval/amax_bwd_layer_max", max(profile["layer_backward"])),
+            ("eval/ds_error_max", max(profile["ds_error"])),
+            ("eval/expert_max_violation", 0.2),
+            ("eval/expert_cv", 0.1),
+            ("eval/dead_experts", 0.0),
+        ):
             log(name, value, step)
     if failure is None:
-        for name, value in (("final/val_loss", final), ("final/wall_time_s", float(step_time.sum())),
-                            ("final/peak_memory_mb", 500.0 * (N / 1e6) ** 0.5
-                             * (1.0 + MEMORY_OVERHEAD if arm == "mhc" else 1.0) * np.exp(rng.normal(0.0, 0.005))),
-                            ("final/flops", total_steps * TOKENS_PER_STEP * flops_per_token),
-                            ("final/tokens", total_steps * TOKENS_PER_STEP)):  # fmt: skip
+        for name, value in (
+            ("final/val_loss", final),
+            ("final/wall_time_s", float(step_time.sum())),
+            (
+                "final/peak_memory_mb",
+                500.0
+                * (N / 1e6) ** 0.5
+                * (1.0 + MEMORY_OVERHEAD if arm == "mhc" else 1.0)
+                * np.exp(rng.normal(0.0, 0.005)),
+            ),
+            ("final/flops", total_steps * TOKENS_PER_STEP * flops_per_token),
+            ("final/tokens", total_steps * TOKENS_PER_STEP),
+        ):
             log(name, value, total_steps)
     param_list = [Param(k, str(v)) for k, v in params.items()]
     for lo in range(0, len(metrics), 1000):
         client.log_batch(run_id, metrics=metrics[lo : lo + 1000], params=param_list if lo == 0 else [])
     if key == RESUMED:  # a resumed run re-logs a step; the later value wins
-        client.log_batch(run_id, metrics=[Metric("train/loss", RELOGGED_LOSS, timestamp + 10**9, int(steps[10]))])
+        client.log_batch(
+            run_id, metrics=[Metric("train/loss", RELOGGED_LOSS, timestamp + 10**9, int(steps[10]))]
+        )
     folder = tmp / run_id
     folder.mkdir()
     for step, profile in profiles.items():
         (folder / f"step_{step:08d}.json").write_text(json.dumps(profile))
     client.log_artifacts(run_id, str(folder), "diagnostics")
     if failure is not None:
-        tags = {"failure_reason": failure} | ({"diverged_step": str(int(steps[last - 1]))} if failure == "diverged" else {})
+        tags = {"failure_reason": failure} | (
+            {"diverged_step": str(int(steps[last - 1]))} if failure == "diverged" else {}
+        )
         for name, value in tags.items():
             client.set_tag(run_id, name, value)
     client.set_terminated(run_id, "FINISHED" if failure is None else "FAILED")
@@ -209,8 +272,13 @@ def build_synthetic_store(root: Path) -> Store:
     parent_id = parent.info.run_id
     rng = np.random.default_rng(20240601)
     with tempfile.TemporaryDirectory() as tmp:
-        kwargs = {"client": client, "experiment_id": experiment_id, "parent_id": parent_id, "tmp": Path(tmp),
-                  "rng": rng}  # fmt: skip
+        kwargs = {
+            "client": client,
+            "experiment_id": experiment_id,
+            "parent_id": parent_id,
+            "tmp": Path(tmp),
+            "rng": rng,
+        }
         for arm in ("residual", "mhc"):
             for size in SIZES:
                 for budget in BUDGETS:
@@ -264,12 +332,19 @@ def runs(loaded: tuple[pl.DataFrame, pl.DataFrame]) -> pl.DataFrame:
 def results(store: Store, loaded: tuple[pl.DataFrame, pl.DataFrame]) -> Results:
     runs, history = loaded
     profiles = load_amax_profiles(store.uri, store.experiment, runs=runs)
-    return analyze_frames(runs, history, profiles, config=CONFIG, experiment=store.experiment, tracking_uri=store.uri)
+    return analyze_frames(
+        runs, history, profiles, config=CONFIG, experiment=store.experiment, tracking_uri=store.uri
+    )
 
 
 def run_row(runs: pl.DataFrame, arm: str, size: str, budget: float, seed: int) -> dict:
-    match = runs.filter(pl.col("arm") == arm, pl.col("size") == size, pl.col("budget") == budget,
-                        pl.col("seed") == seed, pl.col("hardware") == HARDWARE)  # fmt: skip
+    match = runs.filter(
+        pl.col("arm") == arm,
+        pl.col("size") == size,
+        pl.col("budget") == budget,
+        pl.col("seed") == seed,
+        pl.col("hardware") == HARDWARE,
+    )
     assert match.height == 1
     return match.row(0, named=True)
 
@@ -309,7 +384,9 @@ def math_isnan(value: float | None) -> bool:
     return value is not None and value != value
 
 
-def test_load_history_is_long_format_with_tokens_and_flops_at_each_step(store: Store, runs: pl.DataFrame) -> None:
+def test_load_history_is_long_format_with_tokens_and_flops_at_each_step(
+    store: Store, runs: pl.DataFrame
+) -> None:
     history = load_history(store.uri, store.experiment, ["train/loss", "perf/step_time_s"])
     assert history.schema == pl.Schema(HISTORY_SCHEMA)
     assert set(history.get_column("metric").unique()) == {"train/loss", "perf/step_time_s"}
@@ -323,7 +400,9 @@ def test_load_history_is_long_format_with_tokens_and_flops_at_each_step(store: S
     assert last["flops"] == pytest.approx(row["final_flops"])
 
 
-def test_a_relogged_step_appears_once_with_the_value_logged_last(loaded: tuple[pl.DataFrame, pl.DataFrame]) -> None:
+def test_a_relogged_step_appears_once_with_the_value_logged_last(
+    loaded: tuple[pl.DataFrame, pl.DataFrame],
+) -> None:
     runs, history = loaded
     row = run_row(runs, *RESUMED)
     mine = history.filter(pl.col("run_key") == row["run_key"], pl.col("metric") == "train/loss")
@@ -374,7 +453,9 @@ def test_loss_gap_and_ratio_recover_the_planted_ones_within_their_intervals(runs
         truth = planted_gap(size_index, budget_index)
         assert row["gap_lower"] <= truth <= row["gap_upper"]
         assert row["gap"] == pytest.approx(truth, abs=4 * LOSS_NOISE)
-        truth_ratio = planted_loss("mhc", size_index, budget_index) / planted_loss("residual", size_index, budget_index)
+        truth_ratio = planted_loss("mhc", size_index, budget_index) / planted_loss(
+            "residual", size_index, budget_index
+        )
         assert row["ratio_lower"] <= truth_ratio <= row["ratio_upper"]
 
 
@@ -397,20 +478,25 @@ def test_compute_multiplier_recovers_the_planted_one(results: Results) -> None:
 
 
 def test_baseline_law_recovers_the_planted_exponent_with_an_interval_covering_it(results: Results) -> None:
-    alpha = results.law_params.filter(pl.col("arm") == "residual", pl.col("law") == "compute", pl.col("param") == "alpha")
+    alpha = results.law_params.filter(
+        pl.col("arm") == "residual", pl.col("law") == "compute", pl.col("param") == "alpha"
+    )
     row = alpha.row(0, named=True)
     assert row["lower"] <= ALPHA <= row["upper"]
     assert row["estimate"] == pytest.approx(ALPHA, abs=0.03)
-    quality = results.law_quality.filter(pl.col("arm") == "residual", pl.col("law") == "compute").row(0, named=True)
+    quality = results.law_quality.filter(pl.col("arm") == "residual", pl.col("law") == "compute").row(
+        0, named=True
+    )
     assert quality["converged"] and quality["rollout_error"] < 0.01 and quality["num_points"] == 8
 
 
 def test_too_little_data_for_a_law_is_a_note_not_a_fit(runs: pl.DataFrame) -> None:
     laws = fit_laws(runs.filter(pl.col("budget") <= BUDGETS[1]), num_bootstrap=10, chinchilla=False)
     assert laws.params.is_empty() and laws.curves.is_empty() and not laws.bootstraps
+    needs = "(needs >= 3 budgets and >= 4 runs)"
     assert sorted(laws.notes) == [
-        "mhc: too little data for L(C): 6 frontier runs over 2 budgets (needs >= 3 budgets and >= 4 runs)",
-        "residual: too little data for L(C): 4 frontier runs over 2 budgets (needs >= 3 budgets and >= 4 runs)",
+        f"mhc: too little data for L(C): 6 frontier runs over 2 budgets {needs}",
+        f"residual: too little data for L(C): 4 frontier runs over 2 budgets {needs}",
     ]
 
 
@@ -432,8 +518,11 @@ def test_the_chinchilla_surface_is_fitted_per_arm_with_intervals(runs: pl.DataFr
 def test_overhead_recovers_the_planted_step_time_and_memory_cost(results: Results) -> None:
     ok = results.overhead.filter(pl.col("hardware") == HARDWARE, pl.col("status") == "ok")
     assert ok.get_column("size").n_unique() == len(SIZES)
-    for quantity, planted in (("step_time", STEP_TIME_OVERHEAD), ("peak_memory", MEMORY_OVERHEAD),
-                              ("tokens_per_s", 1 / (1 + STEP_TIME_OVERHEAD) - 1)):  # fmt: skip
+    for quantity, planted in (
+        ("step_time", STEP_TIME_OVERHEAD),
+        ("peak_memory", MEMORY_OVERHEAD),
+        ("tokens_per_s", 1 / (1 + STEP_TIME_OVERHEAD) - 1),
+    ):
         for row in ok.filter(pl.col("quantity") == quantity).iter_rows(named=True):
             assert row["lower_pct"] <= 100 * planted <= row["upper_pct"], (quantity, row)
             assert row["change_pct"] == pytest.approx(100 * planted, abs=1.5)
@@ -445,7 +534,9 @@ def test_overhead_on_hardware_without_a_baseline_is_flagged_not_mixed(results: R
     assert (other.get_column("status") == "no_baseline_on_this_hardware").all()
     assert other.get_column("change_pct").is_null().all()
     assert (other.get_column("baseline_hardware") == HARDWARE).all()
-    p1 = results.overhead.filter(pl.col("size") == "p1", pl.col("hardware") == HARDWARE, pl.col("quantity") == "step_time")
+    p1 = results.overhead.filter(
+        pl.col("size") == "p1", pl.col("hardware") == HARDWARE, pl.col("quantity") == "step_time"
+    )
     assert p1.row(0, named=True)["num_runs"] == len(BUDGETS) * len(SEEDS)  # the fast runs stayed out
     assert p1.row(0, named=True)["size_on_several_hardware"]
     assert any(OTHER_HARDWARE in note for note in results.notes)
@@ -455,7 +546,9 @@ def test_overhead_on_hardware_without_a_baseline_is_flagged_not_mixed(results: R
 # Stability.
 
 
-def test_the_planted_loss_and_grad_norm_spikes_are_found_and_nothing_else(results: Results, runs: pl.DataFrame) -> None:
+def test_the_planted_loss_and_grad_norm_spikes_are_found_and_nothing_else(
+    results: Results, runs: pl.DataFrame
+) -> None:
     spiked, grad_spiked = run_row(runs, *SPIKED), run_row(runs, *GRAD_SPIKED)
     loss = results.spikes.filter(pl.col("metric") == "train/loss")
     assert loss.get_column("run_key").to_list() == [spiked["run_key"]]
@@ -476,8 +569,17 @@ def test_a_divergence_and_an_oom_are_counted_per_arm(results: Results) -> None:
 
 def test_a_spike_needs_history_and_a_non_finite_value_is_not_a_spike() -> None:
     values = [5.0, 9.0, 4.0, 3.9, 9.0, 3.7, 3.6, float("inf"), 3.5, 20.0, 21.0, 3.4]
-    history = pl.DataFrame({"run_key": "r", "run_id": "r", "step": list(range(1, 13)), "tokens": 0.0,
-                            "flops": 0.0, "metric": "train/loss", "value": values})  # fmt: skip
+    history = pl.DataFrame(
+        {
+            "run_key": "r",
+            "run_id": "r",
+            "step": list(range(1, 13)),
+            "tokens": 0.0,
+            "flops": 0.0,
+            "metric": "train/loss",
+            "value": values,
+        }
+    )
     events = find_spikes(history, SpikeRule(metric="train/loss", factor=1.2, window=4, min_history=3))
     # step 5 (9.0 over a median of 4.5) and steps 10-11 as one event peaking at 10 (20.0 over 3.65); step 2
     # (9.0 over 5.0) has too little history; inf is not a spike

@@ -1,10 +1,11 @@
-"""The HTML dashboard: every page written, plotly.js once beside them, nothing fetched from the network, and the
-numbers drawn are the analysis' numbers.
+"""The HTML dashboard: every page written, plotly.js once beside them, nothing fetched from the network, and
+the numbers drawn are the analysis' numbers.
 
 Figures are read back out of the pages (the Plotly JSON each page embeds) and compared with the frames of the
 `Results` they were built from, so a figure that recomputed, rounded or mis-assigned a number fails here. The
-results come from `analyze` on the planted MLflow store of tests/analysis/test_runs_compare.py (shared with it,
-built once per session). How the pages look in a browser is not tested here (no browser in the test suite).
+results come from `analyze` on the planted MLflow store of tests/analysis/test_runs_compare.py (shared with
+it, built once per session). How the pages look in a browser is not tested here (no browser in the test
+suite).
 """
 
 from __future__ import annotations
@@ -25,18 +26,21 @@ from plotly.offline import get_plotlyjs
 from analysis.report import AnalysisConfig, Results, analyze, analyze_frames
 from dashboards import PLOTLY_JS, build_dashboard, figure_payloads, optuna_figure
 
+HARDWARE = "Intel Xeon Platinum 8480C (2 cores)"  # the planted sweep's (tests/analysis/test_runs_compare.py)
 PAGES = ("index", "scaling", "comparison", "training", "amax", "overhead", "stability", "tuning")
-TRIALS = pl.DataFrame({
-    "iterations": [1, 2, 5, 10, 20, 40],
-    "loss": [3.10, 3.02, 2.96, 2.95, 2.951, 2.949],
-    "overhead": [1.0, 1.6, 3.1, 5.2, 8.4, 15.0],
-    "ds_error": [0.3, 0.1, 1e-2, 1e-3, 1e-5, 1e-8],
-    "pareto": [True, True, True, True, False, True],
-})  # fmt: skip
+TRIALS = pl.DataFrame(
+    {
+        "iterations": [1, 2, 5, 10, 20, 40],
+        "loss": [3.10, 3.02, 2.96, 2.95, 2.951, 2.949],
+        "overhead": [1.0, 1.6, 3.1, 5.2, 8.4, 15.0],
+        "ds_error": [0.3, 0.1, 1e-2, 1e-3, 1e-5, 1e-8],
+        "pareto": [True, True, True, True, False, True],
+    }
+)
 
 
 def _store_helpers() -> Any:
-    """tests/analysis/test_runs_compare.py, for its planted store (tests have no package to import it from)."""
+    """tests/analysis/test_runs_compare.py, for its planted store (tests are no package to import from)."""
     path = Path(__file__).resolve().parents[1] / "analysis" / "test_runs_compare.py"
     spec = importlib.util.spec_from_file_location("_planted_mlflow_store", path)
     assert spec is not None and spec.loader is not None
@@ -96,7 +100,9 @@ def test_pages_load_nothing_from_the_network(dashboard: Path) -> None:
             assert (dashboard / url).exists(), (name, url)
 
 
-def test_scaling_page_draws_the_fitted_curves_and_bands_of_the_results(dashboard: Path, results: Results) -> None:
+def test_scaling_page_draws_the_fitted_curves_and_bands_of_the_results(
+    dashboard: Path, results: Results
+) -> None:
     figure = figure_payloads(page(dashboard, "scaling"))["scaling"]
     for arm in ("residual", "mhc"):
         curve = results.curves.filter(pl.col("arm") == arm).sort("flops")
@@ -104,8 +110,12 @@ def test_scaling_page_draws_the_fitted_curves_and_bands_of_the_results(dashboard
         line = trace(figure, f"{arm} L(C) fit")
         np.testing.assert_array_equal(values(line["x"]), fitted.get_column("flops").to_numpy())
         np.testing.assert_array_equal(values(line["y"]), fitted.get_column("estimate").to_numpy())
-        np.testing.assert_array_equal(values(trace(figure, f"{arm} band lower")["y"]), curve.get_column("lower").to_numpy())
-        np.testing.assert_array_equal(values(trace(figure, f"{arm} band upper")["y"]), curve.get_column("upper").to_numpy())
+        np.testing.assert_array_equal(
+            values(trace(figure, f"{arm} band lower")["y"]), curve.get_column("lower").to_numpy()
+        )
+        np.testing.assert_array_equal(
+            values(trace(figure, f"{arm} band upper")["y"]), curve.get_column("upper").to_numpy()
+        )
         points = trace(figure, arm)
         finished = results.runs.filter(pl.col("arm") == arm, pl.col("status") == "FINISHED")
         assert sorted(values(points["y"])) == sorted(finished.get_column("final_val_loss").to_list())
@@ -121,26 +131,34 @@ def test_gap_page_draws_the_frontier_gaps_with_their_intervals(dashboard: Path, 
     ratio = trace(figure, "mhc: frontier", xaxis="x2")
     np.testing.assert_array_equal(values(ratio["y"]), gaps.get_column("ratio").to_numpy())
     per_size = results.gaps.filter(pl.col("arm") == "mhc", pl.col("size") == "p4").sort("budget")
-    np.testing.assert_array_equal(values(trace(figure, "mhc: size p4")["y"]), per_size.get_column("gap").to_numpy())
+    np.testing.assert_array_equal(
+        values(trace(figure, "mhc: size p4")["y"]), per_size.get_column("gap").to_numpy()
+    )
     multiplier = trace(figure_payloads(page(dashboard, "comparison"))["multiplier"], "mhc")
-    np.testing.assert_array_equal(values(multiplier["y"]), results.multipliers.sort("budget")["multiplier"].to_numpy())
+    np.testing.assert_array_equal(
+        values(multiplier["y"]), results.multipliers.sort("budget")["multiplier"].to_numpy()
+    )
 
 
-def test_overhead_bars_are_the_overhead_frame_and_flagged_cells_are_marked(dashboard: Path, results: Results) -> None:
+def test_overhead_bars_are_the_overhead_frame_and_flagged_cells_are_marked(
+    dashboard: Path, results: Results
+) -> None:
     figure = figure_payloads(page(dashboard, "overhead"))["overhead"]
     bars = trace(figure, "mhc", xaxis="x")  # step time
     drawn = results.overhead.filter(pl.col("quantity") == "step_time", pl.col("change_pct").is_not_null())
     order = {size: i for i, size in enumerate(results.sizes.get_column("size"))}
     drawn = drawn.sort(pl.col("size").replace_strict(order))
     np.testing.assert_array_equal(values(bars["y"]), drawn.get_column("change_pct").to_numpy())
-    flagged = [t for t in figure["data"] if t.get("name") == "mhc: not compared"]
-    assert flagged and all(text == "no baseline here" for t in flagged for text in t["text"])
+    flagged = trace(figure, "mhc: not compared (no baseline on this hardware)", xaxis="x")
+    assert flagged["x"] == ["p1 · hw2"] and flagged["customdata"] == [[HARDWARE]]
+    assert "hw2 = NVIDIA H100 80GB HBM3" in figure["layout"]["title"]["subtitle"]["text"]
 
 
 def test_amax_page_draws_the_profile_means_over_depth(dashboard: Path, results: Results) -> None:
     figure = figure_payloads(page(dashboard, "amax"))["amax-depth-p16"]
-    summary = results.amax_summary.filter(pl.col("arm") == "mhc", pl.col("size") == "p16",
-                                          pl.col("quantity") == "composite_forward").sort("layer")  # fmt: skip
+    summary = results.amax_summary.filter(
+        pl.col("arm") == "mhc", pl.col("size") == "p16", pl.col("quantity") == "composite_forward"
+    ).sort("layer")
     line = trace(figure, "mhc composite", xaxis="x")
     np.testing.assert_array_equal(values(line["y"]), summary.get_column("mean").to_numpy())
     assert figure["layout"]["yaxis"]["type"] == "log"
@@ -166,16 +184,22 @@ def test_index_states_the_headline_numbers_in_words(dashboard: Path, results: Re
 
 def test_too_little_data_is_said_in_words_instead_of_drawn(results: Results, tmp_path: Path) -> None:
     one_budget = results.runs.filter(pl.col("budget") == pl.col("budget").min())
-    keys = one_budget.get_column("run_key")
+    keys = one_budget.get_column("run_key").to_list()
     thin = analyze_frames(
-        one_budget, results.history.filter(pl.col("run_key").is_in(keys)),
-        results.amax_profiles.filter(pl.col("run_key").is_in(keys)), config=results.config, experiment="thin",
-    )  # fmt: skip
+        one_budget,
+        results.history.filter(pl.col("run_key").is_in(keys)),
+        results.amax_profiles.filter(pl.col("run_key").is_in(keys)),
+        config=results.config,
+        experiment="thin",
+    )
     out = build_dashboard(thin, tmp_path).parent
     multiplier = figure_payloads(page(out, "comparison"))["multiplier"]
     assert multiplier["data"] == [] and "too little data" in multiplier["layout"]["annotations"][0]["text"]
     scaling = figure_payloads(page(out, "scaling"))["scaling"]
-    assert {t["name"] for t in scaling["data"]} == {"mhc (no fit: too little data)", "residual (no fit: too little data)"}
+    assert {t["name"] for t in scaling["data"]} == {
+        "mhc (no fit: too little data)",
+        "residual (no fit: too little data)",
+    }
     assert "too little data for L(C)" in page(out, "index") and "No compute multiplier" in page(out, "index")
 
 
