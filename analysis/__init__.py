@@ -4,6 +4,9 @@
   L-BFGS-B from a grid of starts).
 - `bootstrap`: percentile intervals and curve bands from resampling whole runs.
 - `rollout`: fit on the smaller sizes/budgets, score the predictions of the larger ones.
+- `runs`: runs and metric histories out of any MLflow store as Polars frames; results as parquet/JSON.
+- `compare`, `overhead`, `stability`: loss gaps and compute multipliers vs the baseline, step-time/memory
+  overhead per hardware, spikes, divergences and Amax profiles; `report.analyze` runs them all.
 """
 
 from analysis.bootstrap import Bootstrap, CurveBand, bootstrap_chinchilla, bootstrap_compute_law
@@ -17,10 +20,45 @@ from analysis.fits import (
     fit_chinchilla,
     fit_compute_law,
 )
+from analysis.compare import LawFits, compute_multipliers, fit_laws, frontier, frontier_gaps, loss_gaps
+from analysis.overhead import overhead
+from analysis.report import AnalysisConfig, Results, analyze, analyze_frames
 from analysis.rollout import Rollout, rollout_chinchilla, rollout_compute_law
+from analysis.runs import load_amax_profiles, load_experiment, load_history, load_runs, read_results, write_results
+from analysis.stability import (
+    GRAD_NORM_SPIKES,
+    LOSS_SPIKES,
+    SpikeRule,
+    find_spikes,
+    stability_by_arm,
+    stability_by_run,
+)
 
 __all__ = [
+    "GRAD_NORM_SPIKES",
     "HUBER_DELTA",
+    "LOSS_SPIKES",
+    "AnalysisConfig",
+    "LawFits",
+    "Results",
+    "SpikeRule",
+    "analyze",
+    "analyze_frames",
+    "compute_multipliers",
+    "find_spikes",
+    "fit_laws",
+    "frontier",
+    "frontier_gaps",
+    "load_amax_profiles",
+    "load_experiment",
+    "load_history",
+    "load_runs",
+    "loss_gaps",
+    "overhead",
+    "read_results",
+    "stability_by_arm",
+    "stability_by_run",
+    "write_results",
     "Bootstrap",
     "ChinchillaFit",
     "ComputeLawFit",

@@ -12,11 +12,12 @@ counts as tags, the flattened resolved config as params, per-step metrics, ``fin
 Notable choices:
 - **No pandas.** `mlflow.search_runs` (pandas) reads only the process-global tracking URI;
   `MlflowClient.search_runs` takes the URI we are given, and its entities go straight into one Polars frame.
-- **Histories from SQL stores are read with one SQL query per chunk of runs** (MLflow's ``metrics`` table,
-  through the store's own SQLAlchemy engine): ~8 µs per value against ~50 µs through MLflow's ORM entities
-  (measured on a SQLite store with 200k values), which matters at 1,000 runs × 1,000 steps. Other stores (an
-  ``http://`` tracking server) go through `MlflowClient.get_metric_history`, a call per run and metric on a
-  few threads.
+- **Histories from SQL stores are read with one SQL query per chunk of runs** on MLflow's ``metrics`` table,
+  through the DBAPI connection of the store's own engine: ~4 µs per value against ~50 µs through MLflow's
+  entities (measured on SQLite: 3M values in ~13 s, 100k through `get_metric_history_bulk` in 5.6 s), which
+  is what 1,000 runs × 1,000 steps needs. Other stores (an ``http://`` tracking server) go through
+  `MlflowClient.get_metric_history`, a call per run and metric on a few threads (~70 ms a call against a
+  one-worker local server).
 - **Repeated steps** (a resumed run re-logs the steps since its last checkpoint) are deduplicated per (run,
   metric, step), keeping the value logged last. MLflow stores NaN with an ``is_nan`` flag and ±inf as ±float
   max; both come back as the non-finite values they were.
@@ -410,34 +411,41 @@ def _sql_engine(client: MlflowClient) -> Any | None:
     return getattr(store, "engine", None)
 
 
-def _history_sql(engine: Any, run_ids: list[str], metrics: Sequence[str] | None) -> pl.DataFrame:
-    import sqlalchemy as sa
-
-    columns = "run_uuid, key, step, timestamp, value, is_nan"
-    where = "run_uuid IN :ids" + (" AND key IN :keys" if metrics is not None else "")
-    query = sa.text(f"SELECT {columns} FROM metrics WHERE {where}").bindparams(
-        sa.bindparam("ids", expanding=True),
-        *([sa.bindparam("keys", expanding=True)] if metrics is not None else []),
-    )
+def _history_sql(engine: Any, run_ids: list[str], metrics: Sequence[str] | None) -> pl.DataFrame | None:
+    """The rows of MLflow's ``metrics`` table for these runs (and metrics), through the engine's DBAPI
+    connection; None where its parameter style is not one we write (the caller then uses the client)."""
+    mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(engine.dialect.paramstyle)
+    if mark is None:
+        return None
+    keys = list(metrics) if metrics is not None else []
+    key_clause = f" AND key IN ({', '.join([mark] * len(keys))})" if metrics is not None else ""
     rows: list[Any] = []
-    with engine.connect() as connection:
+    # The raw DBAPI cursor, not SQLAlchemy rows: building a Row object per value tripled the time (3M values:
+    # 37 s against 13 s on SQLite).
+    connection = engine.raw_connection()
+    try:
+        cursor = connection.cursor()
         for lo in range(0, len(run_ids), _SQL_CHUNK):
-            bound = {
-                "ids": run_ids[lo : lo + _SQL_CHUNK],
-                **({"keys": list(metrics)} if metrics is not None else {}),
-            }
-            rows.extend(connection.execute(query, bound).fetchall())
+            chunk = run_ids[lo : lo + _SQL_CHUNK]
+            cursor.execute(
+                "SELECT run_uuid, key, step, timestamp, value, is_nan FROM metrics "
+                f"WHERE run_uuid IN ({', '.join([mark] * len(chunk))}){key_clause}",
+                [*chunk, *keys],
+            )
+            rows.extend(cursor.fetchall())
+    finally:
+        connection.close()
     frame = pl.DataFrame(
-        rows,
-        schema={
+        rows, schema=["run_id", "metric", "step", "timestamp", "value", "is_nan"], orient="row"
+    ).cast(
+        {
             "run_id": pl.String,
             "metric": pl.String,
             "step": pl.Int64,
             "timestamp": pl.Int64,
             "value": pl.Float64,
             "is_nan": pl.Boolean,
-        },
-        orient="row",
+        }
     )
     return frame.with_columns(
         pl.when(pl.col("is_nan"))
@@ -485,22 +493,33 @@ def _history(client: MlflowClient, runs: pl.DataFrame, metrics: Sequence[str] | 
     if (metrics is not None and not metrics) or not run_ids:
         return pl.DataFrame(schema=HISTORY_SCHEMA)
     engine = _sql_engine(client)
-    raw = (
-        _history_sql(engine, run_ids, metrics)
-        if engine is not None
-        else _history_client(client, run_ids, metrics)
+    raw = _history_sql(engine, run_ids, metrics) if engine is not None else None
+    if raw is None:
+        raw = _history_client(client, run_ids, metrics)
+    # Sorted by (run_key, metric, step, timestamp) through integer keys (run rank, metric as an Enum): a third
+    # of the time of sorting the strings at 3M values. The last of a repeated step is its latest.
+    constants = (
+        runs.sort("run_key")
+        .with_row_index("_run")
+        .select("run_id", "_run", "run_key", "tokens_per_step", "flops_per_step")
     )
-    constants = runs.select("run_id", "run_key", "tokens_per_step", "flops_per_step")
+    metric = pl.Enum(sorted(raw.get_column("metric").unique().to_list()))
+    last_of_step = (
+        (pl.col("step") != pl.col("step").shift(-1))
+        | (pl.col("metric") != pl.col("metric").shift(-1))
+        | (pl.col("_run") != pl.col("_run").shift(-1))
+    ).fill_null(True)
     return (
-        raw.sort("timestamp", maintain_order=True)
-        .unique(["run_id", "metric", "step"], keep="last", maintain_order=True)
+        raw.with_columns(pl.col("metric").cast(metric))
         .join(constants, on="run_id", how="left")
+        .sort("_run", "metric", "step", "timestamp")
+        .filter(last_of_step)
         .with_columns(
+            pl.col("metric").cast(pl.String),
             (pl.col("step") * pl.col("tokens_per_step")).alias("tokens"),
             (pl.col("step") * pl.col("flops_per_step")).alias("flops"),
         )
         .select(list(HISTORY_SCHEMA))
-        .sort("run_key", "metric", "step")
     )
 
 
@@ -617,18 +636,17 @@ def load_amax_profiles(
 
 
 def _local_path(artifact_uri: str | None) -> Path | None:
-    """The directory of a run's artifacts when they are on this machine's file system (read directly: ~50×
-    faster than MLflow's download per file), else None."""
+    """The directory of a run's artifacts when the store keeps them on this machine's file system (read
+    directly: listing and downloading through MLflow costs ~25 ms per run), else None. A local directory that
+    does not exist is a run that logged no artifacts."""
     if not artifact_uri:
         return None
     parsed = urllib.parse.urlparse(artifact_uri)
     if parsed.scheme == "file":
-        path = Path(urllib.request.url2pathname(parsed.path))
-    elif parsed.scheme == "":
-        path = Path(artifact_uri)
-    else:
-        return None
-    return path if path.is_dir() else None
+        return Path(urllib.request.url2pathname(parsed.path))
+    if parsed.scheme == "":
+        return Path(artifact_uri)
+    return None
 
 
 def _profile_rows(run_key: str, run_id: str, step: int, profile: Mapping[str, Any]) -> list[tuple]:

@@ -1,9 +1,9 @@
 """Dashboards: Plotly figures and the static, offline HTML dashboard built from analysis results.
 
-    from analysis.report import analyze
-    from dashboards import build_dashboard
+    from dashboards import build_experiment_dashboard
 
-    index = build_dashboard(analyze("sqlite:///mlruns.db", "quickstart"), "dashboards/quickstart")
+    index = build_experiment_dashboard("sqlite:///mlruns.db", "quickstart", "dashboards/quickstart")
+    # or, keeping the results object: build_dashboard(analysis.report.analyze(uri, name), out_dir)
 
 - `figures`: one function per figure, each drawing Polars frames of `analysis.report.Results` as they are.
 - `page`: the pages (index with the headline numbers, scaling, comparison, training, Amax, overhead,
@@ -23,7 +23,7 @@ from dashboards.figures import (
     scaling_figure,
     stability_table,
 )
-from dashboards.page import PLOTLY_JS, build_dashboard, figure_payloads
+from dashboards.page import PLOTLY_JS, build_dashboard, build_experiment_dashboard, figure_payloads
 
 __all__ = [
     "OPTUNA_COLUMNS",
@@ -32,6 +32,7 @@ __all__ = [
     "amax_evolution_figure",
     "arm_colors",
     "build_dashboard",
+    "build_experiment_dashboard",
     "figure_payloads",
     "gap_figure",
     "loss_curves_figure",

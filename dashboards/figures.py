@@ -32,7 +32,6 @@ __all__ = [
 TEMPLATE = "plotly_white"
 _KNOWN_COLORS = {"residual": "#4c72b0", "hc": "#dd8452", "mhc": "#55a868", "mhc-lite": "#8172b3"}
 _EXTRA_COLORS = ("#c44e52", "#937860", "#da8bc3", "#8c8c8c", "#ccb974", "#64b5cd")
-_SCATTERGL_ABOVE = 300  # traces: beyond this many runs the loss curves use WebGL
 OPTUNA_COLUMNS = ("iterations", "loss", "overhead", "ds_error", "pareto")
 """Columns `optuna_figure` reads from a trials frame (extra columns are ignored)."""
 
@@ -278,52 +277,66 @@ def multiplier_figure(multipliers: pl.DataFrame) -> go.Figure:
 
 
 def loss_curves_figure(
-    history: pl.DataFrame, runs: pl.DataFrame, *, metric: str = "train/loss", max_points: int = 200
+    history: pl.DataFrame, runs: pl.DataFrame, *, metric: str = "train/loss", max_points: int = 150
 ) -> go.Figure:
-    """`metric` against tokens for every run, coloured by arm; the menu shows one arm or all.
+    """`metric` against tokens for every run, coloured by arm (dotted: runs that did not finish); the menu
+    shows one arm or all.
 
-    Curves with more than `max_points` logged values are thinned to every k-th value (the last is kept).
+    All runs of an arm are one trace, separated by gaps (NaN), so a 1,000-run sweep is a handful of traces
+    rather than 1,000 for Plotly to build and the browser to draw; hovering names the run. Curves with more
+    than `max_points` logged values are thinned to every k-th value (the last is kept).
     """
     title = f"{metric} vs tokens"
+    info = runs.select("run_key", "arm", "size", "budget", "seed", "status")
+    # Short (it is repeated at every point of a curve) and formatted once per run.
+    labels = [
+        f"{size} · budget {budget:.3g} · seed {seed}" if budget is not None else f"{size} · seed {seed}"
+        for size, budget, seed in info.select("size", "budget", "seed").iter_rows()
+    ]
     series = history.filter(pl.col("metric") == metric).join(
-        runs.select("run_key", "arm", "size", "budget", "seed", "status"), on="run_key", how="inner"
+        info.with_columns(pl.Series("label", labels, dtype=pl.String)), on="run_key", how="inner"
     )
-    if series.is_empty():
-        return _message(title, f"No {metric} logged yet.")
     thinned = (
         series.sort("run_key", "step")
         .with_columns(
             pl.int_range(pl.len()).over("run_key").alias("_i"), pl.len().over("run_key").alias("_n")
         )
         .filter((pl.col("_i") % (pl.col("_n") // max_points + 1) == 0) | (pl.col("_i") == pl.col("_n") - 1))
+        .with_columns(
+            (pl.col("status") == "FINISHED").alias("finished"),
+        )
     )
+    # One gap row after each run's last point.
+    gaps = thinned.group_by("run_key").agg(
+        pl.col("arm").first(), pl.col("finished").first(), (pl.col("step").max() + 1).alias("step")
+    )
+    rows = pl.concat([thinned.select(*gaps.columns, "tokens", "value", "label"), gaps], how="diagonal")
+    rows = rows.sort("run_key", "step")
     colors = arm_colors(_arms(thinned))
-    scatter = go.Scattergl if thinned.get_column("run_key").n_unique() > _SCATTERGL_ABOVE else go.Scatter
     fig = go.Figure()
     trace_arms: list[str] = []
-    for (run_key,), curve in thinned.group_by("run_key", maintain_order=True):
-        first = curve.row(0, named=True)
-        arm = first["arm"]
-        fig.add_trace(
-            scatter(
-                x=curve.get_column("tokens"),
-                y=curve.get_column("value"),
-                mode="lines",
-                line={
-                    "color": colors[arm],
-                    "width": 1.2,
-                    "dash": "solid" if first["status"] == "FINISHED" else "dot",
-                },
-                name=arm,
-                legendgroup=arm,
-                showlegend=arm not in trace_arms,
-                opacity=0.8,
-                hovertemplate=f"{run_key}<br>size {first['size']}, budget {first['budget']:.3g}, "
-                f"seed {first['seed']}"
-                "<br>tokens %{x:.3g}<br>" + metric + " %{y:.4f}<extra></extra>",
+    for arm in sorted(colors):
+        for finished in (True, False):
+            part = rows.filter(pl.col("arm") == arm, pl.col("finished") == finished)
+            if part.is_empty():
+                continue
+            fig.add_trace(
+                go.Scatter(
+                    x=part.get_column("tokens").fill_null(float("nan")),
+                    y=part.get_column("value").fill_null(float("nan")),
+                    customdata=part.get_column("label").fill_null(""),
+                    mode="lines",
+                    connectgaps=False,
+                    line={"color": colors[arm], "width": 1.2, "dash": "solid" if finished else "dot"},
+                    name=arm if finished else f"{arm} (not finished)",
+                    legendgroup=arm,
+                    opacity=0.8,
+                    hovertemplate="%{customdata}<br>tokens %{x:.3g}<br>"
+                    + metric
+                    + " %{y:.4f}<extra></extra>",
+                )
             )
-        )
-        trace_arms.append(arm)
+            trace_arms.append(arm)
     buttons = [{"label": "all arms", "method": "restyle", "args": [{"visible": [True] * len(trace_arms)}]}]
     buttons += [
         {"label": arm, "method": "restyle", "args": [{"visible": [a == arm for a in trace_arms]}]}

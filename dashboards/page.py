@@ -32,9 +32,9 @@ from plotly.offline import get_plotlyjs
 from dashboards import figures
 
 if TYPE_CHECKING:
-    from analysis.report import Results
+    from analysis.report import AnalysisConfig, Results
 
-__all__ = ["PLOTLY_JS", "build_dashboard", "figure_payloads"]
+__all__ = ["PLOTLY_JS", "build_dashboard", "build_experiment_dashboard", "figure_payloads"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +97,22 @@ def build_dashboard(results: Results, out_dir: str | os.PathLike, *, write_data:
     index = out / "index.html"
     logger.info("dashboard for %s written to %s", results.experiment, index)
     return index
+
+
+def build_experiment_dashboard(
+    tracking_uri: str,
+    experiment: str,
+    out_dir: str | os.PathLike,
+    *,
+    config: AnalysisConfig | None = None,
+    trials: pl.DataFrame | None = None,
+) -> Path:
+    """Analyse `experiment` in the MLflow store at `tracking_uri` and write its dashboard (with the results
+    under ``out_dir/data``) to `out_dir`; returns the index page's path. What ``ladder dashboard`` runs."""
+    from analysis.report import analyze
+
+    results = analyze(tracking_uri, experiment, config=config, trials=trials)
+    return build_dashboard(results, out_dir)
 
 
 def _pages(results: Results) -> list[_Page]:

@@ -1,16 +1,21 @@
-"""The `ladder` command line: a thin typer layer over the library; the only place that prints."""
+"""The `ladder` command line: a thin typer layer over the library; the only place that prints.
+
+Library imports happen inside the commands: `models` imports torch (seconds), MLflow and Ray take seconds
+more, and ``ladder --help`` or ``ladder cancel`` need none of them.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from models import ConfigError, LadderError, ModelConfig, count_parameters, flops_per_token, get_preset
+if TYPE_CHECKING:
+    from models import LadderError, ModelConfig
 
 app = typer.Typer(help="mhc-ladder: scaling-law sweeps of mHC residual variants on MoE language models.")
 model_app = typer.Typer(help="Inspect and smoke-test model presets.")
@@ -18,6 +23,7 @@ bench_app = typer.Typer(help="Benchmarks that print ratio tables (append rows to
 app.add_typer(model_app, name="model")
 app.add_typer(bench_app, name="bench")
 console = Console()
+SUBMIT_CANCELLED_EXIT = 3  # `ladder submit` stopped by `ladder cancel` or Ctrl-C
 
 PresetArg = Annotated[str, typer.Argument(help="paper-3b | paper-9b | paper-27b | p1 | p4 | p16 | p64 | nano")]
 ResidualOpt = Annotated[str, typer.Option("--residual", help="residual | hc | mhc | mhc-lite")]
@@ -25,6 +31,8 @@ StreamsOpt = Annotated[int | None, typer.Option("--n", help="Expansion rate (def
 
 
 def _configured(preset: str, residual: str, n: int | None) -> ModelConfig:
+    from models import get_preset
+
     streams = n if n is not None else (1 if residual == "residual" else 4)
     return get_preset(preset).with_residual(variant=residual, n=streams)
 
@@ -49,6 +57,8 @@ def model_info(
     seq_len: Annotated[int, typer.Option(help="Sequence length for the attention FLOPs.")] = 4096,
 ) -> None:
     """Parameter counts (total / activated / vocab) and training FLOPs per token of a preset."""
+    from models import ConfigError, count_parameters, flops_per_token
+
     try:
         config = _configured(preset, residual, n)
     except ConfigError as error:
@@ -86,6 +96,7 @@ def model_smoke(
     """Train a few CPU steps on synthetic progressions and show the loss falling."""
     import torch
 
+    from models import ConfigError
     from orchestrator.smoke import run_smoke
 
     torch.set_num_threads(threads)
@@ -118,6 +129,7 @@ def bench_step(
     ),
 ) -> None:
     """Forward+backward step time and tokens/s per residual variant, with the ratio to `residual`."""
+    from models import ConfigError
     from models.benchmark import VARIANTS, append_csv, run_step_benchmark
 
     presets = preset or ["p1", "p4"]
@@ -197,6 +209,7 @@ def train(
     """Train one RunSpec with a live progress bar; resumes from its newest checkpoint; skips if FINISHED."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from models import ConfigError, LadderError
     from orchestrator.runspec import RunSpec
     from orchestrator.train import StepReport, run
     from orchestrator.yamlio import load_config_file
@@ -229,6 +242,7 @@ def train(
 
 
 def _load_sweep_or_fail(sweep_file: Path):
+    from models import ConfigError
     from orchestrator.sweep import load_sweep
 
     try:
@@ -267,8 +281,14 @@ def submit(
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the expanded grid and exit.")] = False,
 ) -> None:
-    """Expand a sweep and train every pending grid point on Ray (finished points are skipped)."""
+    """Expand a sweep and train every pending grid point on Ray (finished points are skipped).
+
+    Exit codes: 0 every point finished; 1 some point failed or is still pending; 2 bad input, nothing ran;
+    3 cancelled (`ladder cancel` or Ctrl-C; the interrupted runs resume on the next submit).
+    """
     from rich.live import Live
+
+    from models import LadderError
 
     from orchestrator.scheduler import plan
     from orchestrator.scheduler import submit as submit_sweep
@@ -291,19 +311,65 @@ def submit(
         console.print(table)
         return
     title = f"{sweep.name} ({sweep_file})"
-    with Live(_sweep_table(title, plan(sweep, points)), console=console, refresh_per_second=2) as live:
-        result = submit_sweep(
-            sweep, points, sweep_file=sweep_file, address=address,
-            on_update=lambda states: live.update(_sweep_table(title, states)),
-        )
+    try:
+        with Live(_sweep_table(title, plan(sweep, points)), console=console, refresh_per_second=2) as live:
+            result = submit_sweep(
+                sweep, points, sweep_file=sweep_file, address=address,
+                on_update=lambda states: live.update(_sweep_table(title, states)),
+            )
+    except LadderError as error:  # unsupported points, or the sweep is being submitted elsewhere: nothing ran
+        _fail(error)
     counts = {name: sum(s.state == name for s in result.states) for name in ("finished", "failed", "pending")}
     console.print()
     console.print(
         f"launched {result.launched}; finished {counts['finished']}, failed {counts['failed']}, "
         f"pending {counts['pending']} of {len(result.states)}"
     )
+    if result.cancelled:
+        stopped = sum(task.outcome == "cancelled" for task in result.tasks)
+        console.print(
+            f"[yellow]cancelled[/yellow]: {stopped} run(s) stopped and recorded as cancelled; "
+            f"`ladder submit {sweep_file}` resumes them from their checkpoints"
+        )
+        raise typer.Exit(code=SUBMIT_CANCELLED_EXIT)
     if not result.complete:
         raise typer.Exit(code=1)
+
+
+@app.command("cancel")
+def cancel(
+    sweep_file: Annotated[Path, typer.Argument(help="Sweep YAML of the running `ladder submit`.")],
+    wait: Annotated[bool, typer.Option(help="Wait until the submission has stopped.")] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for it to stop.")] = 120.0,
+) -> None:
+    """Stop a running `ladder submit` of this sweep: its in-flight runs are killed and recorded as cancelled;
+    a later `ladder submit` resumes them from their checkpoints. Exits 1 if no submission is running."""
+    import time
+
+    from orchestrator.control import SweepControl, read_sweep_identity
+
+    try:
+        name, storage = read_sweep_identity(sweep_file)
+    except (OSError, ValueError) as error:
+        console.print(f"[red]error:[/red] {escape(str(error))}")
+        raise typer.Exit(code=2) from None
+    control = SweepControl.for_sweep(name, storage)
+    token = control.request_cancel()
+    if token is None:
+        console.print(f"no submission of sweep {escape(name)!r} is running (lock {escape(str(control.lock_path))})")
+        raise typer.Exit(code=1)
+    console.print(f"cancel requested for sweep {escape(name)!r} (submission {escape(token)})")
+    if not wait:
+        return
+    started = time.monotonic()
+    with console.status("waiting for the submission to stop its runs"):
+        stopped = control.wait_until_stopped(timeout)
+    if not stopped:
+        console.print(f"[red]the submission has not stopped after {timeout:g} s[/red]; it will act on the request "
+                      "at its next poll, or stop it with Ctrl-C / `ray job stop`")
+        raise typer.Exit(code=1)
+    console.print(f"stopped after {time.monotonic() - started:.1f} s; `ladder submit {escape(str(sweep_file))}` "
+                  "resumes the cancelled runs")
 
 
 @app.command("status")
@@ -313,6 +379,24 @@ def status(sweep_file: Annotated[Path, typer.Argument(help="Sweep YAML.")]) -> N
 
     sweep, points = _load_sweep_or_fail(sweep_file)
     console.print(_sweep_table(f"{sweep.name} ({sweep_file})", plan(sweep, points)))
+
+
+@app.command("dashboard")
+def dashboard(
+    experiment: Annotated[str, typer.Option(help="MLflow experiment (a sweep's name).")],
+    tracking_uri: Annotated[str | None, typer.Option(help="Tracking store (default: ./mlruns.db).")] = None,
+    out: Annotated[Path, typer.Option(help="Where the HTML pages and parquet/JSON results go.")] = Path(
+        "dashboards/out"
+    ),
+) -> None:
+    """Polars analysis of an experiment's runs → Plotly HTML dashboard (offline, plotly.js written once)."""
+    from dashboards import build_experiment_dashboard
+    from orchestrator.tracking import TrackingConfig
+
+    uri = tracking_uri or TrackingConfig().uri
+    with console.status(f"analysing {experiment} in {uri}"):
+        index = build_experiment_dashboard(uri, experiment, out / experiment)
+    console.print(f"dashboard: {index}")
 
 
 @app.command("ui")
@@ -331,23 +415,23 @@ def ui(
 def _tune_table(title: str, frame, knobs: list[str]) -> Table:
     """Trials of a `trials_frame` as a table: the searched knobs, the metrics, the Pareto mark."""
     table = Table(title=title)
-    for column in ("trial", "state", *knobs, "val_loss", "overhead", "ds_error", "steps", "pareto"):
-        table.add_column(column, justify="left" if column in ("state", "convention") else "right")
+    short = {"sinkhorn_iters": "iters", "alpha_init": "α init", "convention": "conv."}  # fits 80 columns
+    for column in ("trial", "state", *knobs, "val loss", "overhead", "DS error", "front"):
+        table.add_column(short.get(column, column), justify="left" if column in ("state", "convention") else "right")
     colours = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red", "RUNNING": "cyan", "WAITING": "white"}
 
     def number(value, fmt: str) -> str:
         return "" if value is None else format(value, fmt)
 
     for row in frame.iter_rows(named=True):
-        state = row["state"] if row["outcome"] in (None, "complete", "pruned") else f"{row['state']} ({row['outcome']})"
+        state = (row["outcome"] or row["state"]).lower()  # complete, pruned, diverged, duplicate, running, ...
         table.add_row(
             str(row["number"]),
             f"[{colours.get(row['state'], 'white')}]{state}[/]",
-            *(number(row[k], ".3g") if isinstance(row[k], float) else str(row[k]) for k in knobs),
+            *(number(row[k], ".2g") if isinstance(row[k], float) else str(row[k]) for k in knobs),
             number(row["val_loss"], ".4f"),
-            "" if row["step_time_overhead"] is None else f"{100 * row['step_time_overhead']:+.1f}%",
-            number(row["ds_error"], ".2e"),
-            "" if row["steps"] is None else str(row["steps"]),
+            "" if row["step_time_overhead"] is None else f"{100 * row['step_time_overhead']:+.0f}%",
+            number(row["ds_error"], ".1e"),
             "[bold]★[/bold]" if row["pareto"] else "",
         )
     return table
@@ -359,13 +443,14 @@ def tune_command(
     address: Annotated[
         str | None, typer.Option(help="Ray cluster address or 'auto'; default: an embedded local Ray.")
     ] = None,
-    report: Annotated[bool, typer.Option("--report", help="Print the best trials and the Pareto front.")] = False,
+    report: Annotated[bool, typer.Option("--report", help="Print the best trials and Pareto front.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved study and exit.")] = False,
 ) -> None:
     """Run (again: continue) an Optuna study of mHC knobs, trials trained on Ray; resumable after any kill."""
     import polars as pl
     from rich.live import Live
 
+    from models import ConfigError, LadderError
     from orchestrator.tune import TuningError, frame_from_trials, load_tuning, trials_frame
     from orchestrator.tune import tune as run_study
     from orchestrator.tune.study import masked_url
@@ -401,7 +486,8 @@ def tune_command(
         ]:
             table.add_row(what, escape(value))
         console.print(table)
-        console.print(f"dashboard: optuna-dashboard {escape(spec.storage_url)} --host 127.0.0.1", soft_wrap=True)
+        dashboard = f"dashboard: optuna-dashboard {escape(spec.storage_url)} --host 127.0.0.1"
+        console.print(dashboard, soft_wrap=True)
         return
     if report:
         try:
@@ -414,7 +500,8 @@ def tune_command(
         complete = frame.filter(pl.col("state") == "COMPLETE")
         if spec.multi_objective:
             front = complete.filter(pl.col("pareto")).sort(spec.metrics[0])
-            console.print(_tune_table(f"Pareto front ({front.height} of {complete.height} complete)", front, knobs))
+            title = f"Pareto front ({front.height} of {complete.height} complete)"
+            console.print(_tune_table(title, front, knobs))
             for metric in spec.metrics:
                 best = complete.sort(metric).head(3)
                 console.print(_tune_table(f"best by {metric}", best, knobs))
@@ -423,7 +510,7 @@ def tune_command(
         return
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial would scroll the live table away
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per trial would scroll the live table away
     console.print(f"study [bold]{spec.study_name}[/bold] → {storage}; objectives {objective}")
     console.print(f"dashboard: optuna-dashboard {escape(spec.storage_url)} --host 127.0.0.1", soft_wrap=True)
     title = f"{spec.study_name} ({spec_file})"
@@ -439,8 +526,9 @@ def tune_command(
         _fail(error)
     console.print()
     console.print(
-        f"launched {result.launched}; complete {result.complete}, pruned {result.pruned}, failed {result.failed} "
-        f"of {result.n_trials}" + (" (timed out: run again to continue)" if result.timed_out else "")
+        f"launched {result.launched}; complete {result.complete}, pruned {result.pruned}, "
+        f"failed {result.failed} of {result.n_trials}"
+        + (" (timed out: run again to continue)" if result.timed_out else "")
         + (" (search space exhausted)" if result.exhausted else "")
     )
     if not (result.finished or result.exhausted or result.timed_out):

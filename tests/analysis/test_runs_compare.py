@@ -25,6 +25,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -300,6 +301,9 @@ def synthetic_store(tmp_path_factory: pytest.TempPathFactory) -> Store:
     with open(root / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (root / "done").exists():
+            # What a build that failed part-way left behind.
+            (root / "mlflow.db").unlink(missing_ok=True)
+            shutil.rmtree(root / "artifacts", ignore_errors=True)
             build_synthetic_store(root)
             (root / "done").touch()
     return Store(uri=f"sqlite:///{root / 'mlflow.db'}", experiment=EXPERIMENT)
@@ -418,7 +422,9 @@ def test_nonfinite_losses_come_back_non_finite(loaded: tuple[pl.DataFrame, pl.Da
     assert values.is_nan().sum() == 1 and values[-1] != values[-1]
 
 
-def test_step_time_statistics_skip_the_warm_up_step(runs: pl.DataFrame, loaded) -> None:
+def test_step_time_statistics_skip_the_warm_up_step(
+    runs: pl.DataFrame, loaded: tuple[pl.DataFrame, pl.DataFrame]
+) -> None:
     history = loaded[1]
     row = run_row(runs, "residual", "p4", 1.0e14, 0)
     times = history.filter(pl.col("run_key") == row["run_key"], pl.col("metric") == "perf/step_time_s")

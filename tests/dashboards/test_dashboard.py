@@ -2,16 +2,15 @@
 the numbers drawn are the analysis' numbers.
 
 Figures are read back out of the pages (the Plotly JSON each page embeds) and compared with the frames of the
-`Results` they were built from, so a figure that recomputed, rounded or mis-assigned a number fails here. The
-results come from `analyze` on the planted MLflow store of tests/analysis/test_runs_compare.py (shared with
-it, built once per session). How the pages look in a browser is not tested here (no browser in the test
-suite).
+`Results` they were built from (as the dashboard wrote them to ``data/``), so a figure that recomputed,
+rounded or mis-assigned a number fails here. The dashboard is `build_experiment_dashboard` (what ``ladder
+dashboard`` runs) on the planted MLflow store of tests/analysis/test_runs_compare.py (shared with it, built
+once per session). How the pages look in a browser is not tested here: the suite installs no browser.
 """
 
 from __future__ import annotations
 
 import base64
-import dataclasses
 import importlib.util
 import re
 import sys
@@ -23,8 +22,8 @@ import polars as pl
 import pytest
 from plotly.offline import get_plotlyjs
 
-from analysis.report import AnalysisConfig, Results, analyze, analyze_frames
-from dashboards import PLOTLY_JS, build_dashboard, figure_payloads, optuna_figure
+from analysis.report import AnalysisConfig, Results, analyze_frames
+from dashboards import PLOTLY_JS, build_dashboard, build_experiment_dashboard, figure_payloads, optuna_figure
 
 HARDWARE = "Intel Xeon Platinum 8480C (2 cores)"  # the planted sweep's (tests/analysis/test_runs_compare.py)
 PAGES = ("index", "scaling", "comparison", "training", "amax", "overhead", "stability", "tuning")
@@ -51,15 +50,20 @@ def _store_helpers() -> Any:
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> Results:
+def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What ``ladder dashboard`` writes for the planted store (with a tuning study's trials)."""
     store = _store_helpers().synthetic_store(tmp_path_factory)
     config = AnalysisConfig(num_bootstrap=200, chinchilla=False)
-    return dataclasses.replace(analyze(store.uri, store.experiment, config=config), trials=TRIALS)
+    out = tmp_path_factory.mktemp("dashboard")
+    index = build_experiment_dashboard(store.uri, store.experiment, out, config=config, trials=TRIALS)
+    assert index == out / "index.html"
+    return out
 
 
 @pytest.fixture(scope="module")
-def dashboard(results: Results, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_dashboard(results, tmp_path_factory.mktemp("dashboard")).parent
+def results(dashboard: Path) -> Results:
+    """The results the dashboard was built from, as it wrote them beside the pages."""
+    return Results.read(dashboard / "data")
 
 
 def page(dashboard: Path, name: str) -> str:
@@ -164,10 +168,21 @@ def test_amax_page_draws_the_profile_means_over_depth(dashboard: Path, results: 
     assert figure["layout"]["yaxis"]["type"] == "log"
 
 
-def test_training_page_has_a_curve_per_run_and_a_menu_per_arm(dashboard: Path, results: Results) -> None:
+def test_training_page_draws_every_run_of_an_arm_as_one_segment_and_has_a_menu_per_arm(
+    dashboard: Path, results: Results
+) -> None:
     figure = figure_payloads(page(dashboard, "training"))["train-loss"]
-    with_loss = results.history.filter(pl.col("metric") == "train/loss").get_column("run_key").n_unique()
-    assert len(figure["data"]) == with_loss == results.runs.height
+    history = results.history.filter(pl.col("metric") == "train/loss").join(
+        results.runs.select("run_key", "arm", "status"), on="run_key"
+    )
+    for arm in ("residual", "mhc"):
+        mine = history.filter(pl.col("arm") == arm, pl.col("status") == "FINISHED").sort("run_key", "step")
+        line = trace(figure, arm)
+        y = values(line["y"])
+        assert np.isnan(y).sum() == mine.get_column("run_key").n_unique()  # one gap after each run
+        np.testing.assert_array_equal(y[~np.isnan(y)], mine.get_column("value").to_numpy())
+    unfinished = trace(figure, "mhc (not finished)")  # the diverged run, dotted
+    assert unfinished["line"]["dash"] == "dot"
     labels = [b["label"] for b in figure["layout"]["updatemenus"][0]["buttons"]]
     assert labels == ["all arms", "mhc", "residual"]
 

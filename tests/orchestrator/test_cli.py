@@ -15,8 +15,19 @@ runner = CliRunner()
 
 @pytest.mark.parametrize(
     "command",
-    [[], ["model"], ["model", "info"], ["model", "smoke"], ["bench"], ["bench", "step"], ["bench", "kernels"],
-     ["train"], ["submit"], ["status"], ["ui"]],
+    [
+        [],
+        ["model"],
+        ["model", "info"],
+        ["model", "smoke"],
+        ["bench"],
+        ["bench", "step"],
+        ["bench", "kernels"],
+        ["train"],
+        ["submit"],
+        ["status"],
+        ["ui"],
+    ],
 )
 def test_every_command_has_help(command):
     result = runner.invoke(app, [*command, "--help"])
@@ -25,7 +36,9 @@ def test_every_command_has_help(command):
 
 
 def test_model_info_prints_exact_counts_for_the_paper_preset():
-    result = runner.invoke(app, ["model", "info", "paper-3b", "--residual", "mhc", "--n", "4"], terminal_width=200)
+    result = runner.invoke(
+        app, ["model", "info", "paper-3b", "--residual", "mhc", "--n", "4"], terminal_width=200
+    )
     assert result.exit_code == 0, result.output
     counts = count_parameters(get_preset("paper-3b").with_residual(variant="mhc", n=4))
     assert f"{counts.total:,}" in result.output
@@ -34,7 +47,9 @@ def test_model_info_prints_exact_counts_for_the_paper_preset():
 
 
 def test_model_info_rejects_bad_input_naming_the_field():
-    result = runner.invoke(app, ["model", "info", "nano", "--residual", "mhc-lite", "--n", "7"], terminal_width=200)
+    result = runner.invoke(
+        app, ["model", "info", "nano", "--residual", "mhc-lite", "--n", "7"], terminal_width=200
+    )
     assert result.exit_code == 2
     assert "model.residual.n (7) must be <= 6" in result.output
     unknown = runner.invoke(app, ["model", "info", "paper-1t"], terminal_width=200)

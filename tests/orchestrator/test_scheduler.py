@@ -42,7 +42,9 @@ def _ray_environment(monkeypatch):
 def _write_sweep(tmp_path: Path, data_cache_dir: Path, name: str, big: str = "3.0e+10") -> Path:
     path = tmp_path / f"{name}.yaml"
     path.write_text(
-        SWEEP.format(name=name, cache=data_cache_dir, db=tmp_path / "mlruns.db", storage=tmp_path / "runs", big=big)
+        SWEEP.format(
+            name=name, cache=data_cache_dir, db=tmp_path / "mlruns.db", storage=tmp_path / "runs", big=big
+        )
     )
     return path
 
@@ -73,8 +75,21 @@ def test_resubmitting_a_finished_sweep_launches_nothing(tmp_path, pd_literary_da
     parents = {r.data.tags.get("mlflow.parentRunId") for runs in by_key.values() for r in runs}
     assert len(parents) == 1 and None not in parents  # every point is a child of the sweep's parent run
 
+    from typer.testing import CliRunner
 
-def test_killing_the_submitting_process_loses_and_duplicates_nothing(tmp_path, pd_literary_dataset, data_cache_dir):
+    from orchestrator.cli import app
+
+    out = tmp_path / "dash"
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    shown = CliRunner().invoke(app, ["dashboard", "--experiment", "again", "--tracking-uri", uri, "--out", str(out)])
+    assert shown.exit_code == 0, shown.output
+    index = (out / "again" / "index.html").read_text()
+    assert "again" in index and (out / "again" / "plotly.min.js").exists()
+
+
+def test_killing_the_submitting_process_loses_and_duplicates_nothing(
+    tmp_path, pd_literary_dataset, data_cache_dir
+):
     path = _write_sweep(tmp_path, data_cache_dir, "killed", big="1.0e+11")
     sweep, points = load_sweep(path)
     process = subprocess.Popen(
