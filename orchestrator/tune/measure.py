@@ -4,11 +4,14 @@ The store is the one source for trials and the baseline alike, so a trial whose 
 retry after the driver died, a baseline trained by a sweep) is judged exactly like one trained just now.
 
 - ``val_loss``: ``final/val_loss``.
-- ``ds_error``: the latest ``eval/ds_error_max`` (the final evaluation's worst |row or column sum − 1| of H_res).
-- ``step_time_s``: the median ``perf/step_time_s`` after the first 10 % of the steps (at least 2: the allocator
-  and caches warm up). Steps re-run after a resume are logged twice with similar times; the median shrugs.
-- ``step_time_overhead``: trial median / baseline median − 1. Both are timed by the same kind of worker with the
-  same threads; with several trials in parallel, each run is timed under its neighbours' load, so overheads
+- ``ds_error``: the latest ``eval/ds_error_max`` (the final evaluation's worst |row or column sum − 1| of
+  H_res).
+- ``step_time_s``: the median ``perf/step_time_s`` after the first 10 % of the steps (at least 2: the
+  allocator and caches warm up). Steps re-run after a resume are logged twice with similar times; the median
+  shrugs.
+- ``step_time_overhead``: trial median / baseline median − 1. Both are timed by the same kind of worker with
+  the same threads; with several trials in parallel, each run is timed under its neighbours' load, so
+  overheads
   below a few percent are noise on a shared CPU. The ``hardware`` tags of both runs must match, else the
   overhead is still computed but flagged (`RunMeasurement.hardware`).
 """

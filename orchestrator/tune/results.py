@@ -3,13 +3,14 @@
     from orchestrator.tune import load_tuning, trials_frame
     spec = load_tuning(Path("sweeps/sinkhorn_tuning.yaml"))
     frame = trials_frame(spec.storage_url, spec.study_name)
-    frame.filter(pl.col("state") == "COMPLETE").select("sinkhorn_iters", "val_loss", "step_time_overhead", "pareto")
+    complete = frame.filter(pl.col("state") == "COMPLETE")
+    complete.select("sinkhorn_iters", "val_loss", "step_time_overhead", "ds_error", "pareto")
 
 One row per trial, the schema fixed (`TRIALS_SCHEMA`) whatever the search: every knob has a column (null where
 the study does not search it). ``pareto`` marks the study's front over its own objectives: the non-dominated
 COMPLETE trials for several objectives, the best trial(s) for one. Duplicated proposals (told FAIL without
-training) are rows with ``outcome == "duplicate"``; a trial failed by its heartbeat and retried has its retry's
-number in no column, but the retry has ``retry_of``.
+training) are rows with ``outcome == "duplicate"``; the retry of a trial failed by its heartbeat names it in
+``retry_of``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ __all__ = ["TRIALS_SCHEMA", "frame_from_trials", "pareto_numbers", "trials_frame
 TRIALS_SCHEMA: dict[str, pl.DataType] = {
     "number": pl.Int64,
     "state": pl.String,  # COMPLETE | PRUNED | FAIL | RUNNING | WAITING
-    "outcome": pl.String,  # complete | pruned | diverged | error | duplicate; null while running or if the heartbeat failed it
+    # complete | pruned | diverged | error | duplicate; null while running, or when the heartbeat failed it
+    "outcome": pl.String,
     "sinkhorn_iters": pl.Int64,
     "alpha_init": pl.Float64,
     "convention": pl.String,
@@ -40,7 +42,7 @@ TRIALS_SCHEMA: dict[str, pl.DataType] = {
     "step_time_overhead": pl.Float64,
     "ds_error": pl.Float64,
     "step_time_s": pl.Float64,
-    "value": pl.Float64,  # the single objective Optuna was told (weighted sum or one metric); null for several
+    "value": pl.Float64,  # the single objective Optuna was told (one metric or the weighted sum), else null
     "pareto": pl.Boolean,
     "steps": pl.Int64,
     "last_step": pl.Int64,  # the last step reported to Optuna (where a pruned trial stopped)
@@ -53,7 +55,7 @@ TRIALS_SCHEMA: dict[str, pl.DataType] = {
 
 
 def pareto_numbers(trials: list[FrozenTrial]) -> set[int]:
-    """Numbers of the non-dominated COMPLETE trials (every objective minimised); for one objective, the best."""
+    """Numbers of the non-dominated COMPLETE trials (objectives minimised); for one objective, the best."""
     complete = [t for t in trials if t.state.name == "COMPLETE" and t.values]
     front = set()
     for trial in complete:
@@ -98,10 +100,10 @@ def frame_from_trials(trials: list[FrozenTrial]) -> pl.DataFrame:
 
 
 def trials_frame(storage: str, study_name: str) -> pl.DataFrame:
-    """Every trial of ``study_name`` in the RDB ``storage`` (read only; a missing SQLite file is not created)."""
+    """Every trial of ``study_name`` in the RDB ``storage`` (read only; never creates a SQLite file)."""
     optuna = optuna_module()
     if storage.startswith("sqlite:///"):
-        path = Path(storage[len("sqlite:///"):].split("?", 1)[0])
+        path = Path(storage[len("sqlite:///") :].split("?", 1)[0])
         if not path.exists():
             raise TuningError(f"no Optuna storage at {path}: run `ladder tune SPEC` first")
     with quiet_optuna():

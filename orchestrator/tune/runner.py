@@ -1,8 +1,8 @@
 """Run a tuning study: ask-and-tell against Optuna RDB storage, each trial a RunSpec trained in a Ray task.
 
 One driver process (``ladder tune SPEC``) loops:
-  1. `fail_stale_trials`: a RUNNING trial whose heartbeat stopped for ``grace_s`` becomes FAIL and the storage's
-     retry callback queues a WAITING copy with the same parameters;
+  1. `fail_stale_trials`: a RUNNING trial whose heartbeat stopped for ``grace_s`` becomes FAIL and the
+     storage's retry callback queues a WAITING copy with the same parameters;
   2. while fewer than ``parallelism`` trials run and the budget allows, ``study.ask`` (which pops WAITING
      retries and enqueued points first) and submit the trial's RunSpec as a Ray task. A proposal whose run_key
      equals a live or settled trial's is told FAIL as a ``duplicate`` without training (samplers do repeat
@@ -44,6 +44,7 @@ from models.errors import ConfigError
 from orchestrator.runspec import RunSpec
 from orchestrator.tracking import RunTracker, find_run
 from orchestrator.tune.measure import RunMeasurement, measure_run
+from orchestrator.tune.spec import HeartbeatConfig, TuningSpec
 from orchestrator.tune.study import (
     OUTCOME,
     TuningError,
@@ -56,7 +57,6 @@ from orchestrator.tune.study import (
     quiet_optuna,
     trial_id,
 )
-from orchestrator.tune.spec import HeartbeatConfig, TuningSpec
 
 if TYPE_CHECKING:
     import optuna
@@ -127,8 +127,12 @@ class _Heartbeat:
                 self._storage.record_heartbeat(self._trial_id)
             except Exception as error:  # a locked or unreachable database: the next beat may pass
                 if not warned:
-                    log.warning("heartbeat of trial id %d failed (%s); retrying every %d s",
-                                self._trial_id, error, self._interval)
+                    log.warning(
+                        "heartbeat of trial id %d failed (%s); retrying every %d s",
+                        self._trial_id,
+                        error,
+                        self._interval,
+                    )
                     warned = True
             self._stop.wait(self._interval)
 
@@ -142,9 +146,10 @@ class _Heartbeat:
         self._thread.join()
 
 
-def _trial_task(spec_data: dict[str, Any], study_ref: dict[str, Any], number: int,
-                parent_run_id: str | None) -> dict[str, Any]:
-    """Ray task body: train trial ``number``'s RunSpec, reporting evaluations to Optuna (and pruning) from here."""
+def _trial_task(
+    spec_data: dict[str, Any], study_ref: dict[str, Any], number: int, parent_run_id: str | None
+) -> dict[str, Any]:
+    """Ray task body: train trial ``number``'s RunSpec, reporting evaluations to Optuna (and pruning) here."""
     os.environ.pop("MLFLOW_RUN_ID", None)  # mlflow issue 15713: an inherited run id overrides parent_run_id
     optuna = optuna_module()
     from orchestrator.train import run
@@ -153,7 +158,9 @@ def _trial_task(spec_data: dict[str, Any], study_ref: dict[str, Any], number: in
     storage = make_storage(study_ref["storage"], heartbeat, retry=False)
     with quiet_optuna():
         study = optuna.load_study(
-            study_name=study_ref["study"], storage=storage, sampler=optuna.samplers.RandomSampler(),
+            study_name=study_ref["study"],
+            storage=storage,
+            sampler=optuna.samplers.RandomSampler(),
             pruner=make_pruner(study_ref["pruner_kind"], study_ref["pruner"]),
         )
     tid = trial_id(storage, study_ref["study"], number)
@@ -169,15 +176,21 @@ def _trial_task(spec_data: dict[str, Any], study_ref: dict[str, Any], number: in
             return study_ref["pruner_kind"] != "none" and trial.should_prune()
         except Exception as error:  # the trial was failed meanwhile, or the storage is busy: keep training
             if not warned:
-                log.warning("trial %d: reporting step %d to Optuna failed (%s); training on", number, step, error)
+                log.warning(
+                    "trial %d: reporting step %d to Optuna failed (%s); training on", number, step, error
+                )
                 warned.append(error)
             return False
 
     with _Heartbeat(storage, tid, heartbeat.interval_s):
         trial.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
         result = run(RunSpec(**spec_data), parent_run_id=parent_run_id, on_eval=on_eval)
-    return {"status": result.status, "reason": result.failure_reason, "run_id": result.run_id,
-            "steps": result.steps}
+    return {
+        "status": result.status,
+        "reason": result.failure_reason,
+        "run_id": result.run_id,
+        "steps": result.steps,
+    }
 
 
 def _baseline_task(spec_data: dict[str, Any], parent_run_id: str | None) -> dict[str, Any]:
@@ -186,8 +199,12 @@ def _baseline_task(spec_data: dict[str, Any], parent_run_id: str | None) -> dict
     from orchestrator.train import run
 
     result = run(RunSpec(**spec_data), parent_run_id=parent_run_id)
-    return {"status": result.status, "reason": result.failure_reason, "run_id": result.run_id,
-            "steps": result.steps}
+    return {
+        "status": result.status,
+        "reason": result.failure_reason,
+        "run_id": result.run_id,
+        "steps": result.steps,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- driver side
@@ -201,8 +218,15 @@ def _parent_run(spec: TuningSpec, spec_file: Path | None) -> str:
         return existing.run_id
     storage = masked_url(spec.storage_url)
     # sweep_parent too: every consumer that skips sweep parents (they are not training runs) skips this one.
-    tags = {"study_parent": "true", "sweep_parent": "true", "study": spec.study_name, "optuna_storage": storage}
-    tracker = RunTracker.open(tracking, run_key=key, run_name=f"study {spec.study_name}", tags=tags, params={})
+    tags = {
+        "study_parent": "true",
+        "sweep_parent": "true",
+        "study": spec.study_name,
+        "optuna_storage": storage,
+    }
+    tracker = RunTracker.open(
+        tracking, run_key=key, run_name=f"study {spec.study_name}", tags=tags, params={}
+    )
     with tracker:
         resolved = spec.model_dump(mode="json")
         resolved["study"]["storage"] = storage
@@ -216,8 +240,15 @@ def _parent_run(spec: TuningSpec, spec_file: Path | None) -> str:
 class _Driver:
     """The ask / launch / settle loop of one invocation (see the module doc)."""
 
-    def __init__(self, spec: TuningSpec, *, spec_file: Path | None, address: str | None, poll_s: float,
-                 on_update: Callable[[list[optuna.trial.FrozenTrial]], None] | None) -> None:
+    def __init__(
+        self,
+        spec: TuningSpec,
+        *,
+        spec_file: Path | None,
+        address: str | None,
+        poll_s: float,
+        on_update: Callable[[list[optuna.trial.FrozenTrial]], None] | None,
+    ) -> None:
         self.spec = spec
         self.spec_file = spec_file
         self.address = address
@@ -234,6 +265,7 @@ class _Driver:
         self.launched = 0
         self.duplicate_streak = 0
         self.exhausted = False
+        self.last_beat = 0.0
         self.parent_run_id: str | None = None
         self.study_ref = {
             "storage": spec.storage_url,
@@ -289,7 +321,9 @@ class _Driver:
             if self.tasks or self.parked:
                 continue
             book = ledger(self.study.get_trials(deepcopy=False))
-            launchable = (book.waiting or book.budget_left(self.spec.budget.n_trials) > 0) and not self.exhausted
+            launchable = (
+                book.waiting or book.budget_left(self.spec.budget.n_trials) > 0
+            ) and not self.exhausted
             if book.running and not timed_out:
                 continue  # another driver's trials, or dead workers' ones on their way to stale and retried
             if not launchable or timed_out:
@@ -315,18 +349,28 @@ class _Driver:
         )
 
     def _claim_orphans(self) -> None:
-        """A driver killed between ``ask`` and its first heartbeat left a RUNNING trial that can never go stale:
+        """A driver killed between ``ask`` and its first heartbeat left a RUNNING trial that never goes stale:
         give each such trial (no run_key yet) one heartbeat, so it goes stale after the grace period."""
-        for trial in self.study.get_trials(deepcopy=False, states=(optuna_module().trial.TrialState.RUNNING,)):
+        for trial in self.study.get_trials(
+            deepcopy=False, states=(optuna_module().trial.TrialState.RUNNING,)
+        ):
             if "run_key" not in trial.user_attrs:
                 self.storage.record_heartbeat(trial_id(self.storage, self.spec.study_name, trial.number))
 
     def _heartbeats(self, trials: list[optuna.trial.FrozenTrial]) -> None:
-        """Beat for trials this driver holds: asked but not yet claimed by a worker, or waiting for the baseline."""
+        """Beat for trials this driver holds: asked but not claimed by a worker yet, or waiting for the
+        baseline (at half the interval: a beat is a database write)."""
+        if time.monotonic() - self.last_beat < self.spec.heartbeat.interval_s / 2:
+            return
+        self.last_beat = time.monotonic()
         by_number = {t.number: t for t in trials}
         for task in self.tasks.values():
             trial = by_number.get(task.number) if task.kind == "trial" else None
-            if trial is not None and trial.state.name == "RUNNING" and trial.user_attrs.get(WORKER_ATTR) is None:
+            if (
+                trial is not None
+                and trial.state.name == "RUNNING"
+                and trial.user_attrs.get(WORKER_ATTR) is None
+            ):
                 self.storage.record_heartbeat(task.trial_id)
         for parked in self.parked.values():
             self.storage.record_heartbeat(parked.trial_id)
@@ -364,8 +408,12 @@ class _Driver:
                 self.study.tell(trial.number, state=optuna_module().trial.TrialState.FAIL)
             self.duplicate_streak += 1
             if self.duplicate_streak >= MAX_DUPLICATE_STREAK:
-                log.warning("the sampler proposed %d points in a row that already ran: the search space looks "
-                            "exhausted; stopping with %s", MAX_DUPLICATE_STREAK, "the trials so far")
+                log.warning(
+                    "the sampler proposed %d points in a row that already ran: the search space looks "
+                    "exhausted; stopping with %s",
+                    MAX_DUPLICATE_STREAK,
+                    "the trials so far",
+                )
                 self.exhausted = True
             return
         self.duplicate_streak = 0
@@ -379,7 +427,7 @@ class _Driver:
         log.info("trial %d: %s (run_key %s)", trial.number, trial.params, spec.run_key)
 
     def _duplicate_of(self, run_key: str, number: int, trials: list[optuna.trial.FrozenTrial]) -> int | None:
-        """The number of a live or settled trial with this run_key (errors and heartbeat failures excluded)."""
+        """The number of a live or settled trial with this run_key (errors and heartbeat failures aside)."""
         for other in trials:
             if other.number == number or other.user_attrs.get("run_key") != run_key:
                 continue
@@ -409,7 +457,9 @@ class _Driver:
 
         try:
             outcome = ray.get(ref)
-        except ray.exceptions.RayTaskError as error:  # the task raised: a bug or a bad config, not a dead worker
+        except (
+            ray.exceptions.RayTaskError
+        ) as error:  # the task raised: a bug or a bad config, not a dead worker
             cause = error.cause if getattr(error, "cause", None) is not None else error
             if task.kind == "baseline":
                 raise TuningError(f"the baseline run raised: {cause}") from None
@@ -420,8 +470,11 @@ class _Driver:
                 log.warning("the baseline's worker died (%s): launching it again", type(error).__name__)
                 self._launch_baseline()
             else:
-                log.warning("trial %d: worker died (%s); its heartbeat will lapse and the trial be retried",
-                            task.number, type(error).__name__)
+                log.warning(
+                    "trial %d: worker died (%s); its heartbeat will lapse and the trial be retried",
+                    task.number,
+                    type(error).__name__,
+                )
                 self.abandoned.add(task.number)
             return
         if task.kind == "baseline":
@@ -431,8 +484,11 @@ class _Driver:
         if status == "FINISHED":
             measurement = measure_run(self.spec.tracking_config, task.spec.run_key, task.spec.total_steps())
             if measurement is None:
-                self._tell_failed(task.number, "error", "the run finished but the tracking store has no "
-                                  "FINISHED run for its run_key")
+                self._tell_failed(
+                    task.number,
+                    "error",
+                    "the run finished but the tracking store has no FINISHED run for its run_key",
+                )
                 return
             parked = _Parked(task.trial_id, task.spec, measurement, outcome["steps"])
             if self.spec.needs_baseline and self.baseline is None:
@@ -440,8 +496,9 @@ class _Driver:
             else:
                 self._tell_complete(task.number, parked)
         elif status == "PRUNED":
-            trial = self._attrs(task.number, {OUTCOME: "pruned", "run_id": outcome["run_id"],
-                                              "steps": outcome["steps"]})
+            trial = self._attrs(
+                task.number, {OUTCOME: "pruned", "run_id": outcome["run_id"], "steps": outcome["steps"]}
+            )
             with quiet_optuna():
                 self.study.tell(trial, state=optuna_module().trial.TrialState.PRUNED, skip_if_finished=True)
         else:
@@ -457,7 +514,9 @@ class _Driver:
             )
         self.baseline = measure_run(self.spec.tracking_config, task.spec.run_key, task.spec.total_steps())
         if self.baseline is None:
-            raise TuningError(f"the baseline run {task.spec.run_key} finished but is not FINISHED in the store")
+            raise TuningError(
+                f"the baseline run {task.spec.run_key} finished but is not FINISHED in the store"
+            )
 
     def _attrs(self, number: int, attrs: dict[str, Any]) -> int:
         tid = trial_id(self.storage, self.spec.study_name, number)
@@ -467,11 +526,16 @@ class _Driver:
 
     def _tell_complete(self, number: int, parked: _Parked) -> None:
         metrics = parked.measurement.metrics(self.baseline)
-        attrs: dict[str, Any] = {OUTCOME: "complete", "run_id": parked.measurement.run_id, "steps": parked.steps,
-                                 **metrics}
+        attrs: dict[str, Any] = {
+            OUTCOME: "complete",
+            "run_id": parked.measurement.run_id,
+            "steps": parked.steps,
+            **metrics,
+        }
         if self.baseline is not None and parked.measurement.hardware != self.baseline.hardware:
-            attrs["overhead_note"] = (f"timed on {parked.measurement.hardware}, the baseline on "
-                                      f"{self.baseline.hardware}")
+            attrs["overhead_note"] = (
+                f"timed on {parked.measurement.hardware}, the baseline on {self.baseline.hardware}"
+            )
         missing = [name for name in self.spec.metrics if name not in metrics]
         if missing:
             self._attrs(number, {k: v for k, v in attrs.items() if k != OUTCOME})
@@ -481,8 +545,12 @@ class _Driver:
         with quiet_optuna():
             frozen = self.study.tell(number, self.spec.objective_values(metrics), skip_if_finished=True)
         if frozen.state.name != "COMPLETE":
-            log.warning("trial %d was %s before its result arrived (heartbeat lapse?); its retry will reuse the "
-                        "finished run", number, frozen.state.name)
+            log.warning(
+                "trial %d was %s before its result arrived (heartbeat lapse?); its retry will reuse the "
+                "finished run",
+                number,
+                frozen.state.name,
+            )
 
     def _tell_failed(self, number: int, outcome: str, detail: str | None) -> None:
         attrs: dict[str, Any] = {OUTCOME: outcome}
@@ -503,5 +571,5 @@ def tune(
     poll_s: float = 0.5,
 ) -> TuneResult:
     """Run (or continue) the study of ``spec`` until its budget is settled, its timeout passes, or the sampler
-    runs out of new points; trials train on Ray (``address``: a cluster or "auto"; default an embedded Ray)."""
+    runs out of new points; trials train on Ray (``address``: a cluster or "auto"; default: embedded)."""
     return _Driver(spec, spec_file=spec_file, address=address, poll_s=poll_s, on_update=on_update).run()

@@ -1,4 +1,4 @@
-"""Tuning specs: a YAML file naming a base RunSpec, a search space over mHC knobs, objectives and a trial budget.
+"""Tuning specs: a YAML file naming a base RunSpec, a search space over mHC knobs, objectives and a budget.
 
     name: sinkhorn-tuning
     data: {source: pd-literary, vocab_size: 2048}
@@ -17,15 +17,15 @@
     budget: {n_trials: 12, parallelism: 2, timeout_s: 900}
     study: {storage: "sqlite:///optuna.db"}   # default: optuna.db beside the MLflow SQLite file
 
-Metrics (all minimised): ``val_loss`` the final validation loss; ``step_time_overhead`` the median training step
-time over the baseline's minus 1 (the baseline is the same base run with the plain ``residual`` variant, trained
-once per study through the ledger); ``ds_error`` the largest doubly-stochastic error of H_res at the final
-evaluation (``eval/ds_error_max``). Every trial records all the metrics it can, whatever the objectives.
+Metrics (all minimised): ``val_loss`` the final validation loss; ``step_time_overhead`` the median training
+step time over the baseline's minus 1 (the baseline is the same base run with the plain ``residual`` variant,
+trained once per study through the ledger); ``ds_error`` the largest doubly-stochastic error of H_res at the
+final evaluation (``eval/ds_error_max``). Every trial records all the metrics it can, whatever the objectives.
 
-Validation happens when the spec is built, like sweeps: every problem names the dotted field, the value and the
-rule, and `load_tuning` adds ``file:line``. Beyond field types and ranges it builds the base RunSpec and the
-RunSpecs at the corners of the search space (all lows, all highs, every convention), so a range that reaches an
-invalid model (``n: {high: 9}``) fails before any study or trial exists.
+Validation happens when the spec is built, like sweeps: every problem names the dotted field, the value and
+the rule, and `load_tuning` adds ``file:line``. Beyond field types and ranges it builds the base RunSpec
+and the RunSpecs at the corners of the search space (all lows, all highs, every convention), so a range that
+reaches an invalid model (``n: {high: 9}``) fails before any study or trial exists.
 """
 
 from __future__ import annotations
@@ -96,7 +96,9 @@ class IntRange(ConfigModel):
         if self.low > self.high:
             raise rule_violation("low", self.low, f"must be <= high ({self.high})")
         if (self.high - self.low) % self.step:
-            raise rule_violation("high", self.high, f"must be low ({self.low}) plus a multiple of step ({self.step})")
+            raise rule_violation(
+                "high", self.high, f"must be low ({self.low}) plus a multiple of step ({self.step})"
+            )
         if self.log and self.low < 1:
             raise rule_violation("low", self.low, "must be >= 1 on a log scale")
         if self.log and self.step != 1:
@@ -104,8 +106,11 @@ class IntRange(ConfigModel):
         return self
 
     def contains(self, value: Any) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and self.low <= value <= self.high and (
-            (value - self.low) % self.step == 0
+        return (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and self.low <= value <= self.high
+            and ((value - self.low) % self.step == 0)
         )
 
 
@@ -127,7 +132,9 @@ class FloatRange(ConfigModel):
         return self
 
     def contains(self, value: Any) -> bool:
-        return isinstance(value, int | float) and not isinstance(value, bool) and self.low <= value <= self.high
+        return (
+            isinstance(value, int | float) and not isinstance(value, bool) and self.low <= value <= self.high
+        )
 
 
 class SearchSpace(ConfigModel):
@@ -207,11 +214,15 @@ class StudyConfig(ConfigModel):
         scheme = url.split("://", 1)[0] if "://" in url else ""
         if not scheme or not scheme.replace("+", "").replace("_", "").isalnum():
             raise rule_violation(
-                "storage", url, "must be an RDB URL such as sqlite:///optuna.db or postgresql://host/db "
-                "(journal files are not supported: they have no heartbeats, so a dead worker's trial never fails)"
+                "storage",
+                url,
+                "must be an RDB URL such as sqlite:///optuna.db or postgresql://host/db "
+                "(not a journal file: it has no heartbeats, so a dead worker's trial would never fail)",
             )
         if url in ("sqlite://", "sqlite:///:memory:") or url.startswith("sqlite:///:memory:"):
-            raise rule_violation("storage", url, "must name a file: an in-memory database is not shared with workers")
+            raise rule_violation(
+                "storage", url, "must name a file: an in-memory database is not shared with workers"
+            )
         return self
 
 
@@ -229,7 +240,7 @@ class TrialResources(ConfigModel):
 
 
 class SamplerConfig(ConfigModel):
-    """How Optuna proposes trials; seeded so a study is reproducible and a resumed one re-seeds the same way."""
+    """How Optuna proposes trials; seeded so a study is reproducible and a resumed one re-seeds alike."""
 
     config_path: ClassVar[str] = "tune.sampler"
 
@@ -241,7 +252,9 @@ class SamplerConfig(ConfigModel):
         default=None, ge=2, description="NSGA-II generation size (default: n_trials / 4, between 4 and 50)."
     )
     n_startup_trials: int | None = Field(
-        default=None, ge=0, description="TPE: random trials before modelling (default: min(10, n_trials / 3))."
+        default=None,
+        ge=0,
+        description="TPE: random trials before modelling (default: min(10, n_trials / 3)).",
     )
 
 
@@ -250,11 +263,19 @@ class PrunerConfig(ConfigModel):
 
     config_path: ClassVar[str] = "tune.pruner"
 
-    kind: Literal["none", "median", "successive_halving"] = Field(description="none | median | successive_halving.")
-    n_startup_trials: int = Field(default=2, ge=0, description="median: finished trials before pruning starts.")
-    n_warmup_steps: int = Field(default=0, ge=0, description="median: training steps before a trial can be pruned.")
+    kind: Literal["none", "median", "successive_halving"] = Field(
+        description="none | median | successive_halving."
+    )
+    n_startup_trials: int = Field(
+        default=2, ge=0, description="median: finished trials before pruning starts."
+    )
+    n_warmup_steps: int = Field(
+        default=0, ge=0, description="median: training steps before a trial can be pruned."
+    )
     min_resource: int | None = Field(
-        default=None, ge=1, description="successive_halving: steps of the first rung (default: Optuna's auto)."
+        default=None,
+        ge=1,
+        description="successive_halving: steps of the first rung (default: Optuna's auto).",
     )
     reduction_factor: int = Field(default=3, ge=2, description="successive_halving: η, rung-to-rung factor.")
 
@@ -264,11 +285,17 @@ class BudgetConfig(ConfigModel):
 
     config_path: ClassVar[str] = "tune.budget"
 
-    n_trials: int = Field(ge=1, description="Trials the study finishes (complete, pruned or failed for good).")
-    parallelism: int = Field(default=1, ge=1, description="Trials running at once (the baseline takes a slot).")
+    n_trials: int = Field(
+        ge=1, description="Trials the study finishes (complete, pruned or failed for good)."
+    )
+    parallelism: int = Field(
+        default=1, ge=1, description="Trials running at once (the baseline takes a slot)."
+    )
     timeout_s: float | None = Field(
-        default=None, gt=0, description="Launch no trial after this many seconds of one invocation; running "
-        "ones finish. Run the command again to continue."
+        default=None,
+        gt=0,
+        description="Launch no trial after this many seconds of one invocation; running "
+        "ones finish. Run the command again to continue.",
     )
 
 
@@ -278,8 +305,12 @@ class HeartbeatConfig(ConfigModel):
     config_path: ClassVar[str] = "tune.heartbeat"
 
     interval_s: int = Field(default=10, ge=1, description="Seconds between a running trial's heartbeats.")
-    grace_s: int = Field(default=30, ge=1, description="A trial silent this long is marked FAIL (then retried).")
-    max_retry: int = Field(default=2, ge=0, description="Retries of the same parameters after such a failure.")
+    grace_s: int = Field(
+        default=30, ge=1, description="A trial silent this long is marked FAIL (then retried)."
+    )
+    max_retry: int = Field(
+        default=2, ge=0, description="Retries of the same parameters after such a failure."
+    )
 
     @model_validator(mode="after")
     def _grace_exceeds_interval(self) -> HeartbeatConfig:
@@ -300,8 +331,10 @@ def _set_path(target: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def _label(params: dict[str, Any]) -> str:
-    return ",".join(f"{name}={value:.3g}" if isinstance(value, float) else f"{name}={value}"
-                    for name, value in params.items())
+    return ",".join(
+        f"{name}={value:.3g}" if isinstance(value, float) else f"{name}={value}"
+        for name, value in params.items()
+    )
 
 
 class TuningSpec(ConfigModel):
@@ -309,7 +342,9 @@ class TuningSpec(ConfigModel):
 
     config_path: ClassVar[str] = "tune"
 
-    name: str = Field(min_length=1, description="Tuning name; the study and the MLflow experiment by default.")
+    name: str = Field(
+        min_length=1, description="Tuning name; the study and the MLflow experiment by default."
+    )
     experiment: str | None = Field(default=None, description="MLflow experiment (default: the name).")
     data: DataConfig = Field(default=DataConfig(), description="Data every trial trains on.")
     tracking: dict[str, Any] = Field(default_factory=dict, description="Tracking store options (uri, ...).")
@@ -319,17 +354,24 @@ class TuningSpec(ConfigModel):
     study: StudyConfig = Field(default=StudyConfig(), description="Study name and storage URL.")
     search: SearchSpace = Field(description="The knobs and their ranges.")
     objectives: list[Metric] | None = Field(
-        default=None, min_length=1, description="Metrics to minimise (default: all three; NSGA-II if several)."
+        default=None,
+        min_length=1,
+        description="Metrics to minimise (default: all three; NSGA-II if several).",
     )
     weights: dict[Metric, float] | None = Field(
-        default=None, min_length=1, description="Instead of objectives: minimise Σ weight × metric (one objective)."
+        default=None,
+        min_length=1,
+        description="Instead of objectives: minimise Σ weight × metric (one objective).",
     )
     sampler: SamplerConfig = Field(default=SamplerConfig(), description="Sampler kind and seed.")
     pruner: PrunerConfig | None = Field(
-        default=None, description="Default: median for one objective, none for several (Optuna cannot prune those)."
+        default=None,
+        description="Default: median for one objective, none for several (Optuna cannot prune those).",
     )
     budget: BudgetConfig = Field(description="n_trials, parallelism, timeout_s.")
-    heartbeat: HeartbeatConfig = Field(default=HeartbeatConfig(), description="Dead-worker detection and retries.")
+    heartbeat: HeartbeatConfig = Field(
+        default=HeartbeatConfig(), description="Dead-worker detection and retries."
+    )
     enqueue: list[dict[str, Any]] = Field(
         default_factory=list, description="Parameter sets to try first (e.g. the paper's 20 iterations)."
     )
@@ -340,34 +382,51 @@ class TuningSpec(ConfigModel):
     @model_validator(mode="after")
     def _rules(self) -> TuningSpec:
         if self.objectives is not None and self.weights is not None:
-            raise rule_violation("weights", sorted(self.weights), "cannot be combined with objectives: give one")
+            raise rule_violation(
+                "weights", sorted(self.weights), "cannot be combined with objectives: give one"
+            )
         if self.objectives is not None and len(set(self.objectives)) != len(self.objectives):
             raise rule_violation("objectives", self.objectives, "must not repeat a metric")
         if self.weights is not None:
             if any(weight < 0 for weight in self.weights.values()):
-                raise rule_violation("weights", dict(self.weights), "must be >= 0 (every metric is minimised)")
+                raise rule_violation(
+                    "weights", dict(self.weights), "must be >= 0 (every metric is minimised)"
+                )
             if not any(self.weights.values()):
                 raise rule_violation("weights", dict(self.weights), "must have at least one positive weight")
         multi = len(self.directions) > 1
         if multi and self.pruner is not None and self.pruner.kind != "none":
             raise rule_violation(
-                "pruner.kind", self.pruner.kind, f"needs a single objective; these are {len(self.directions)} "
-                "(Optuna prunes on one reported value: give one objective or weights, or pruner: {kind: none})"
+                "pruner.kind",
+                self.pruner.kind,
+                f"needs a single objective; these are {len(self.directions)} "
+                "(Optuna prunes on one reported value: give one objective or weights, "
+                "or pruner: {kind: none})",
             )
         if self.sampler.population_size is not None and self.sampler_kind != "nsga2":
-            raise rule_violation("sampler.population_size", self.sampler.population_size,
-                                 f"applies to nsga2 only (the sampler is {self.sampler_kind})")
+            raise rule_violation(
+                "sampler.population_size",
+                self.sampler.population_size,
+                f"applies to nsga2 only (the sampler is {self.sampler_kind})",
+            )
         if self.sampler.n_startup_trials is not None and self.sampler_kind != "tpe":
-            raise rule_violation("sampler.n_startup_trials", self.sampler.n_startup_trials,
-                                 f"applies to tpe only (the sampler is {self.sampler_kind})")
+            raise rule_violation(
+                "sampler.n_startup_trials",
+                self.sampler.n_startup_trials,
+                f"applies to tpe only (the sampler is {self.sampler_kind})",
+            )
         if len(self.enqueue) > self.budget.n_trials:
-            raise rule_violation("enqueue", f"{len(self.enqueue)} entries",
-                                 f"must not exceed budget.n_trials ({self.budget.n_trials})")
+            raise rule_violation(
+                "enqueue",
+                f"{len(self.enqueue)} entries",
+                f"must not exceed budget.n_trials ({self.budget.n_trials})",
+            )
         for index, params in enumerate(self.enqueue):
             for name, value in params.items():
                 if name not in self.search.knobs():
-                    raise rule_violation(f"enqueue.{index}", name,
-                                         f"is not a searched knob ({', '.join(self.search.knobs())})")
+                    raise rule_violation(
+                        f"enqueue.{index}", name, f"is not a searched knob ({', '.join(self.search.knobs())})"
+                    )
                 if not self.search.contains(name, value):
                     raise rule_violation(f"enqueue.{index}.{name}", value, "is outside search." + name)
         return self
@@ -393,33 +452,55 @@ class TuningSpec(ConfigModel):
         problems: list[tuple[tuple[str, ...], str]] = []
         residual = base.model.residual
         if residual.variant == "residual":
-            problems.append((("tune", "base", "model", "residual", "variant"),
-                             "(residual) must be hc, mhc or mhc-lite: tuning measures a variant against the "
-                             "plain residual baseline"))
+            problems.append(
+                (
+                    ("tune", "base", "model", "residual", "variant"),
+                    "(residual) must be hc, mhc or mhc-lite: tuning measures a variant against the "
+                    "plain residual baseline",
+                )
+            )
         for knob in ("sinkhorn_iters", "convention"):
             if getattr(self.search, knob) is not None and residual.variant != "mhc":
-                problems.append((("tune", "search", knob),
-                                 f"needs base.model.residual.variant mhc (it is {residual.variant}): "
-                                 "only mHC runs Sinkhorn-Knopp"))
+                problems.append(
+                    (
+                        ("tune", "search", knob),
+                        f"needs base.model.residual.variant mhc (it is {residual.variant}): "
+                        "only mHC runs Sinkhorn-Knopp",
+                    )
+                )
         conventions = self.search.convention or [residual.convention]
-        if "deepseek-v4" in conventions and self.search.sinkhorn_iters is not None:
-            if self.search.sinkhorn_iters.low < 1:
-                problems.append((("tune", "search", "sinkhorn_iters", "low"),
-                                 f"({self.search.sinkhorn_iters.low}) must be >= 1 when the convention can be "
-                                 "deepseek-v4 (its first row normalisation always runs: 0 and 1 are the same run)"))
+        iters = self.search.sinkhorn_iters
+        if "deepseek-v4" in conventions and iters is not None and iters.low < 1:
+            problems.append(
+                (
+                    ("tune", "search", "sinkhorn_iters", "low"),
+                    f"({iters.low}) must be >= 1 when the convention can be deepseek-v4 (its first row "
+                    "normalisation always runs: 0 and 1 are the same run)",
+                )
+            )
         budget = base.training.budget
         if budget.steps is None:
-            tokens = budget.tokens if budget.tokens is not None else tokens_for_budget(
-                base.model, budget.flops, base.training.seq_len
+            tokens = (
+                budget.tokens
+                if budget.tokens is not None
+                else tokens_for_budget(base.model, budget.flops, base.training.seq_len)
             )
             if tokens < base.training.tokens_per_step:
-                problems.append((("tune", "base", "training", "budget"),
-                                 f"({budget.flops or budget.tokens}) buys less than one optimizer step "
-                                 f"({base.training.tokens_per_step} tokens)"))
+                problems.append(
+                    (
+                        ("tune", "base", "training", "budget"),
+                        f"({budget.flops or budget.tokens}) buys less than one optimizer step "
+                        f"({base.training.tokens_per_step} tokens)",
+                    )
+                )
         if self.pruner_kind != "none" and base.training.eval_every >= base.total_steps():
-            problems.append((("tune", "base", "training", "eval_every"),
-                             f"({base.training.eval_every}) must be < the steps per trial ({base.total_steps()}): "
-                             f"the {self.pruner_kind} pruner needs intermediate evaluations"))
+            problems.append(
+                (
+                    ("tune", "base", "training", "eval_every"),
+                    f"({base.training.eval_every}) must be < the steps per trial ({base.total_steps()}): "
+                    f"the {self.pruner_kind} pruner needs intermediate evaluations",
+                )
+            )
         if problems:
             return problems
         for label, params in self.search.corners().items():
@@ -429,8 +510,9 @@ class TuningSpec(ConfigModel):
                 for loc, detail in error.problems:
                     knob = next((k for k, path in KNOBS.items() if ".".join(loc[1:]) == path), None)
                     where = ("tune", "search", knob, label.split(",")[0]) if knob else ("tune", "search")
-                    problems.append((where, f"reaches an invalid run at {_label(params)}: "
-                                            f"{'.'.join(loc[1:])} {detail}"))
+                    problems.append(
+                        (where, f"reaches an invalid run at {_label(params)}: {'.'.join(loc[1:])} {detail}")
+                    )
         return problems
 
     @staticmethod
@@ -440,14 +522,22 @@ class TuningSpec(ConfigModel):
             return ("tune", *loc[1:]), detail
         return ("tune", "base", *loc[1:]), detail
 
-    def _build(self, params: dict[str, Any], *, baseline: bool = False, tags: dict[str, str] | None = None) -> RunSpec:
-        data: dict[str, Any] = {"tracking": self._tracking, "data": self.data, "storage": self.storage,
-                                **copy.deepcopy(self.base)}
+    def _build(
+        self, params: dict[str, Any], *, baseline: bool = False, tags: dict[str, str] | None = None
+    ) -> RunSpec:
+        data: dict[str, Any] = {
+            "tracking": self._tracking,
+            "data": self.data,
+            "storage": self.storage,
+            **copy.deepcopy(self.base),
+        }
         for name, value in params.items():
             _set_path(data, KNOBS[name], value)
         if baseline:
             model = data.get("model")
-            data["model"] = {**model, "residual": {"variant": "residual"}} if isinstance(model, dict) else model
+            data["model"] = (
+                {**model, "residual": {"variant": "residual"}} if isinstance(model, dict) else model
+            )
         _set_path(data, "training.threads", self.resources.threads)
         data["tags"] = {**data.get("tags", {}), **(tags or {})}
         return RunSpec(**data)
@@ -475,7 +565,7 @@ class TuningSpec(ConfigModel):
             folder = db.parent if db is not None else Path.cwd()
             return f"{_SQLITE_PREFIX}{(folder / OPTUNA_DB_NAME).absolute()}"
         if url.startswith(_SQLITE_PREFIX):
-            path, sep, query = url[len(_SQLITE_PREFIX):].partition("?")
+            path, sep, query = url[len(_SQLITE_PREFIX) :].partition("?")
             return f"{_SQLITE_PREFIX}{Path(path).expanduser().absolute()}{sep}{query}"
         return url
 

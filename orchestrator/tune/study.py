@@ -1,4 +1,4 @@
-"""The Optuna side of tuning: RDB storage with heartbeats, samplers, pruners, opening a study, the trial ledger.
+"""The Optuna side of tuning: RDB storage with heartbeats, samplers, pruners, opening a study, the ledger.
 
 Choices:
 - RDB storage only (SQLite by default, any SQLAlchemy URL on a cluster). Only RDB storage has heartbeats: a
@@ -7,8 +7,8 @@ Choices:
   enqueues a WAITING copy with the same parameters, intermediate values and user attributes; ``study.ask``
   pops it first. With a journal file a dead worker's trial would stay RUNNING forever.
 - Optuna's heartbeat thread belongs to ``Study.optimize``; with ask-and-tell across processes we record
-  heartbeats ourselves (`record_heartbeat` is the storage's public API): the driver from ``ask`` until a worker
-  claims the trial and while a finished trial waits for the baseline, the worker while it trains.
+  heartbeats ourselves (`record_heartbeat` is the storage's public API): the driver from ``ask`` until a
+  worker claims the trial and while a finished trial waits for the baseline, the worker while it trains.
 - Samplers are seeded with ``seed + trials so far``: a resumed study re-seeds deterministically instead of
   replaying the first invocation's proposals. NSGA-II keeps its generations in the storage, TPE refits on it.
 - The study stores a fingerprint of the search space, objectives and base run; resuming with a different one
@@ -64,14 +64,16 @@ def optuna_module() -> Any:
     try:
         import optuna
     except ImportError as error:  # pragma: no cover - optuna is a dependency of the project
-        raise ImportError("tuning needs Optuna: pip install 'optuna==5.0.0' (an mhc-ladder dependency)") from error
+        raise ImportError(
+            "tuning needs Optuna: pip install 'optuna==5.0.0' (an mhc-ladder dependency)"
+        ) from error
     return optuna
 
 
 @contextlib.contextmanager
 def quiet_optuna() -> Iterator[None]:
-    """Silence Optuna's experimental-feature warnings (heartbeats, constant liar) and its advice that heartbeats
-    go with ``Study.optimize``: we run the heartbeats ourselves (see the module doc)."""
+    """Silence Optuna's experimental-feature warnings (heartbeats, constant liar) and its advice that
+    heartbeats go with ``Study.optimize``: we run the heartbeats ourselves (see the module doc)."""
     optuna = optuna_module()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -94,12 +96,15 @@ def make_storage(url: str, heartbeat: HeartbeatConfig, *, retry: bool) -> RDBSto
     optuna = optuna_module()
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
-        # Several processes write heartbeats: wait for the file lock rather than fail at sqlite3's 5 s default.
+        # Several processes write heartbeats: wait for the file lock, not fail at sqlite3's 5 s default.
         engine_kwargs["connect_args"] = {"timeout": 60}
     with quiet_optuna():
         callback = (
-            optuna.storages.RetryHeartbeatStaleTrialCallback(heartbeat.max_retry, inherit_intermediate_values=True)
-            if retry else None
+            optuna.storages.RetryHeartbeatStaleTrialCallback(
+                heartbeat.max_retry, inherit_intermediate_values=True
+            )
+            if retry
+            else None
         )
         return optuna.storages.RDBStorage(
             url,
@@ -126,7 +131,8 @@ def make_sampler(spec: TuningSpec, trials_so_far: int) -> optuna.samplers.BaseSa
                 seed=seed,
                 n_startup_trials=startup if startup is not None else max(1, min(10, n_trials // 3)),
                 multivariate=True,
-                constant_liar=spec.budget.parallelism > 1,  # running trials count as bad: parallel asks spread
+                constant_liar=spec.budget.parallelism
+                > 1,  # running trials count as bad: parallel asks spread
             )
         return optuna.samplers.RandomSampler(seed=seed)
 
@@ -137,17 +143,19 @@ def make_pruner(kind: str, options: dict[str, Any] | None) -> optuna.pruners.Bas
     options = options or {}
     if kind == "median":
         return optuna.pruners.MedianPruner(
-            n_startup_trials=options.get("n_startup_trials", 2), n_warmup_steps=options.get("n_warmup_steps", 0)
+            n_startup_trials=options.get("n_startup_trials", 2),
+            n_warmup_steps=options.get("n_warmup_steps", 0),
         )
     if kind == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=options.get("min_resource") or "auto", reduction_factor=options.get("reduction_factor", 3)
+            min_resource=options.get("min_resource") or "auto",
+            reduction_factor=options.get("reduction_factor", 3),
         )
     return optuna.pruners.NopPruner()
 
 
 def open_study(spec: TuningSpec, storage: RDBStorage) -> optuna.Study:
-    """Create the study or load it (checking it was created for the same search); enqueue the spec's points."""
+    """Create or load the study (checking it was made for the same search); enqueue the spec's points."""
     optuna = optuna_module()
     options = spec.pruner.model_dump() if spec.pruner is not None else None
     with quiet_optuna():
@@ -163,15 +171,24 @@ def open_study(spec: TuningSpec, storage: RDBStorage) -> optuna.Study:
     if stored is None:
         study.set_user_attr(FINGERPRINT, fingerprint)
     elif stored.get("digest") != fingerprint["digest"]:
-        changed = [key for key in ("search", "metrics", "weights", "base_run_key") if stored.get(key) != fingerprint[key]]
+        changed = [
+            key
+            for key in ("search", "metrics", "weights", "base_run_key")
+            if stored.get(key) != fingerprint[key]
+        ]
         raise TuningError(
             f"study {spec.study_name!r} in {masked_url(spec.storage_url)} was created with another "
             f"{', '.join(changed)}: resuming would mix incomparable trials. Keep the spec as it was, or give "
             "study.name a new name for the new search"
         )
     if list(study.directions) != [optuna.study.StudyDirection.MINIMIZE] * len(spec.directions):
-        raise TuningError(f"study {spec.study_name!r} has directions {study.directions}, expected {spec.directions}")
+        raise TuningError(
+            f"study {spec.study_name!r} has directions {study.directions}, expected {spec.directions}"
+        )
     with quiet_optuna():
+        names = spec.metrics if spec.weights is None else ["weighted_sum"]
+        if study.metric_names != names:  # optuna-dashboard labels the axes with these
+            study.set_metric_names(names)
         for params in spec.enqueue:
             study.enqueue_trial(params, skip_if_exists=True)
     study.sampler = make_sampler(spec, len(study.get_trials(deepcopy=False)))
