@@ -6,10 +6,10 @@ D qk_nope_head_dim, P qk_rope_head_dim, V v_head_dim.
 Keys and values are reconstructed from one compressed latent c_KV (rank R) shared by all heads; position enters
 through a separate rotary part: a per-head rotary query and ONE rotary key shared across heads (the "decoupled"
 RoPE of DeepSeek-V2). Training materialises the per-head keys and values (no absorbed-matmul inference trick)
-and calls `scaled_dot_product_attention`, which picks the fastest kernel for the device. PyTorch's CPU flash
-kernel needs one head width for q, k and v, and MLA's query/key width (nope + rope) exceeds the value width, so
-on CPU the values are zero-padded to the query/key width and the padding is sliced off the output (`attend`):
-the result is the same attention, but SDPA then runs the flash kernel instead of the math fallback, which
+and calls `scaled_dot_product_attention`, which picks the fastest kernel for the device. PyTorch's CPU
+flash kernel needs one head width for q, k and v, and MLA's query/key width (nope + rope) exceeds the value
+width, so on CPU the values are zero-padded to the query/key width and the padding is sliced off the output
+(`attend`): the same attention, but SDPA then runs the flash kernel instead of the math fallback, which
 materialises the S × S weights (P1, 16 × 256 tokens, forward + backward: 1.25× faster on 1 thread, ~5× on 2).
 
 Choices: q_lora_rank = 0 means a full-rank query projection (our choice for the paper presets, which reproduces
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.config import AttentionConfig
+from models.norm import RMSNorm
 
 __all__ = ["MultiHeadLatentAttention", "RotaryTables", "apply_rotary", "attend"]
 
@@ -72,13 +73,13 @@ class MultiHeadLatentAttention(nn.Module):
         if config.q_lora_rank:
             self.wq = nn.Sequential(
                 nn.Linear(dim, config.q_lora_rank, bias=False),
-                nn.RMSNorm(config.q_lora_rank, eps=norm_eps),
+                RMSNorm(config.q_lora_rank, eps=norm_eps),
                 nn.Linear(config.q_lora_rank, heads * qk_dim, bias=False),
             )
         else:
             self.wq = nn.Linear(dim, heads * qk_dim, bias=False)
         self.wkv_a = nn.Linear(dim, config.kv_lora_rank + config.qk_rope_head_dim, bias=False)
-        self.kv_norm = nn.RMSNorm(config.kv_lora_rank, eps=norm_eps)
+        self.kv_norm = RMSNorm(config.kv_lora_rank, eps=norm_eps)
         self.wkv_b = nn.Linear(config.kv_lora_rank, heads * (config.qk_nope_head_dim + config.v_head_dim), bias=False)
         self.wo = nn.Linear(heads * config.v_head_dim, dim, bias=False)
 

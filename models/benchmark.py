@@ -3,6 +3,10 @@
 Every variant is timed in the same process, interleaved round-robin so that machine noise (other processes,
 frequency changes) hits all variants alike; the table reports the median and the ratio to ``residual`` measured
 in the same run. Rows are appended in long format to a CSV that analysis/ can read.
+
+A step is what training does: forward, loss, backward. By default the loss is the model's fused head +
+cross-entropy (``model(inputs, targets)``, `models.loss`); ``loss="logits"`` times the unfused
+``F.cross_entropy(model(inputs), targets)`` instead, for comparison with trainers that still compute it.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -49,10 +54,13 @@ class StepBenchmarkRow:
     ratio_to_residual: float
 
 
-def _time_step(model: torch.nn.Module, tokens_BS: torch.Tensor) -> float:
+def _time_step(model: torch.nn.Module, tokens_BS: torch.Tensor, loss: Literal["fused", "logits"]) -> float:
     start = time.perf_counter()
-    logits_BSV = model(tokens_BS[:, :-1])
-    F.cross_entropy(logits_BSV.flatten(0, 1), tokens_BS[:, 1:].flatten()).backward()
+    inputs_BS, targets_BS = tokens_BS[:, :-1], tokens_BS[:, 1:]
+    if loss == "fused":
+        model(inputs_BS, targets_BS).backward()
+    else:
+        F.cross_entropy(model(inputs_BS).flatten(0, 1), targets_BS.flatten()).backward()
     elapsed = time.perf_counter() - start
     model.zero_grad(set_to_none=True)
     return elapsed
@@ -67,6 +75,7 @@ def run_step_benchmark(
     seq_len: int = 256,
     warmup: int = 2,
     repeats: int = 10,
+    loss: Literal["fused", "logits"] = "fused",
 ) -> list[StepBenchmarkRow]:
     """Median forward+backward step time of each preset × variant; ratios against ``residual`` of the same preset."""
     torch.set_num_threads(threads)
@@ -80,7 +89,7 @@ def run_step_benchmark(
         times: dict[str, list[float]] = {name: [] for name in models}
         for round_index in range(warmup + repeats):
             for name, model in models.items():
-                elapsed = _time_step(model, tokens_BS)
+                elapsed = _time_step(model, tokens_BS, loss)
                 if round_index >= warmup:
                     times[name].append(elapsed)
         baseline = statistics.median(times["residual"])

@@ -130,6 +130,26 @@ class _ContiguousGrad(torch.autograd.Function):
         return grad.contiguous()
 
 
+class _ScaleRows(torch.autograd.Function):
+    """y_n = w_n · x_n (a gate weight per token-copy): ∂x_n = w_n ∂y_n, ∂w_n = ⟨∂y_n, x_n⟩.
+
+    Autograd's broadcast-multiply backward materialises ∂y ⊙ x, an (N, C) temporary (N = T·K copies), only to
+    sum it over C; a batched dot product reads both once and writes N numbers.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x_NC: Tensor, w_N: Tensor) -> Tensor:
+        ctx.save_for_backward(x_NC, w_N)
+        return x_NC * w_N[:, None]
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad_NC: Tensor) -> tuple[Tensor | None, ...]:
+        x_NC, w_N = ctx.saved_tensors
+        grad_x = grad_NC * w_N[:, None] if ctx.needs_input_grad[0] else None
+        grad_w = torch.linalg.vecdot(grad_NC, x_NC) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_w
+
+
 def _grouped_mm(x_NA: Tensor, w_EAB: Tensor, offs_E: Tensor) -> Tensor:
     """Row block e of x_NA (rows offs[e-1]:offs[e]) times w_EAB[e]."""
     return _ContiguousGrad.apply(torch._grouped_mm(x_NA, w_EAB, offs=offs_E))
@@ -288,7 +308,7 @@ class MoE(nn.Module):
         """Gather the copies in expert order, run the experts, weight them, scatter-add them per token."""
         token_N = order_N // self.config.top_k
         y_NC = self.experts(x_TC.index_select(0, token_N), counts_E)
-        y_NC = y_NC * weights_TK.reshape(-1)[order_N].unsqueeze(-1).to(y_NC.dtype)
+        y_NC = _ScaleRows.apply(y_NC, weights_TK.reshape(-1)[order_N].to(y_NC.dtype))
         return torch.zeros(x_TC.shape, device=x_TC.device, dtype=y_NC.dtype).index_add_(0, token_N, y_NC)
 
     @torch.no_grad()

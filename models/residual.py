@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from kernels import MHCOps, birkhoff_mix, permutation_matrices
+from kernels.reference import rms_projection
 from models.config import ModelConfig
 
 __all__ = [
@@ -71,7 +72,8 @@ class ResidualConnection(nn.Module):
 
     def forward(self, x_BSNC: Tensor, sublayer: Sublayer) -> Tensor:
         B, S, N, C = x_BSNC.shape
-        x_TNC = x_BSNC.reshape(B * S, N, C)
+        # One copy while the streams are still expand_streams' stride-0 view (first layer), not one per op.
+        x_TNC = x_BSNC.reshape(B * S, N, C).contiguous()
         h_pre_TN, h_post_TN, h_res_TNN = self.coefficients(x_TNC)
         f_BSC = sublayer(self.ops.pre_mix(x_TNC, h_pre_TN).view(B, S, C))
         return self.ops.post_res_mix(x_TNC, f_BSC.reshape(B * S, C), h_post_TN, h_res_TNN).view(B, S, N, C)
@@ -116,7 +118,10 @@ class HyperConnection(ResidualConnection):
         self.bias_res = nn.Parameter(torch.eye(n))
 
     def coefficients(self, x_TNC: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        dyn_TNM = torch.tanh(self.norm(x_TNC).to(self.theta.dtype) @ self.theta)
+        # RMSNorm(x_j)·θ = (x_j / r_j)·diag(γ)θ: the norm weight γ folds into the tiny θ, and `rms_projection`
+        # never materialises the (T, N, C) normalised streams.
+        theta_CM = self.norm.weight.to(self.theta.dtype)[:, None] * self.theta
+        dyn_TNM = torch.tanh(rms_projection(x_TNC.to(self.theta.dtype), theta_CM, self.norm.eps))
         h_pre_TN = self.alpha[0] * dyn_TNM[..., 0] + self.bias_pre
         h_post_TN = self.alpha[1] * dyn_TNM[..., 1] + self.bias_post
         h_res_TNN = self.alpha[2] * dyn_TNM[..., 2:].transpose(-2, -1) + self.bias_res

@@ -22,6 +22,7 @@ from models.attention import MultiHeadLatentAttention, RotaryTables
 from models.config import ModelConfig
 from models.loss import linear_cross_entropy
 from models.moe import MoE, SwiGLU
+from models.norm import RMSNorm
 from models.residual import build_connection, collapse_streams, expand_streams
 
 __all__ = ["Block", "MoETransformer", "build_model"]
@@ -32,9 +33,9 @@ class Block(nn.Module):
 
     def __init__(self, config: ModelConfig, index: int, ops: MHCOps) -> None:
         super().__init__()
-        self.attn_norm = nn.RMSNorm(config.dim, eps=config.norm_eps)
+        self.attn_norm = RMSNorm(config.dim, eps=config.norm_eps)
         self.attn = MultiHeadLatentAttention(config.dim, config.attention, config.norm_eps)
-        self.ffn_norm = nn.RMSNorm(config.dim, eps=config.norm_eps)
+        self.ffn_norm = RMSNorm(config.dim, eps=config.norm_eps)
         self.ffn: nn.Module = (
             SwiGLU(config.dim, config.dense_ffn_dim)
             if index < config.num_dense_layers
@@ -57,14 +58,14 @@ class MoETransformer(nn.Module):
         self.embedding = nn.Embedding(config.vocab_size, config.dim)
         self.rope = RotaryTables(config.attention.qk_rope_head_dim, config.max_seq_len, config.attention.rope_theta)
         self.blocks = nn.ModuleList(Block(config, index, ops) for index in range(config.num_layers))
-        self.final_norm = nn.RMSNorm(config.dim, eps=config.norm_eps)
+        self.final_norm = RMSNorm(config.dim, eps=config.norm_eps)
         self.head = nn.Linear(config.dim, config.vocab_size, bias=False)
 
     def forward(self, tokens_BS: Tensor, targets_BS: Tensor | None = None) -> Tensor:
         """Logits (B, S, V); given ``targets_BS``, the mean cross-entropy instead (fp32, ignore_index −100).
 
-        The loss path fuses the head with the loss and never materialises the logits (`models.loss`): on the CPU
-        proxies it is much faster than ``F.cross_entropy(model(tokens), targets)``, with equal results.
+        The loss path fuses the head with the loss and never materialises the logits (`models.loss`): on the
+        CPU proxies it is much faster than ``F.cross_entropy(model(tokens), targets)``, with equal results.
         """
         rope = self.rope(tokens_BS.shape[1])
         x_BSNC = expand_streams(self.embedding(tokens_BS), self.config.residual.n)

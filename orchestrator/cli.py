@@ -187,6 +187,69 @@ def bench_train(
     console.print(table)
 
 
+@bench_app.command("orchestrator")
+def bench_orchestrator(
+    sweep_file: Annotated[
+        Path | None, typer.Argument(help="Sweep YAML; default sweeps/quickstart.yaml (24 runs, ~10 min on 2 cores).")
+    ] = None,
+    scale: Annotated[float, typer.Option(help="Multiply every budget (quickstart at 0.25: a few minutes on 2 cores).")] = 1.0,
+    workdir: Annotated[
+        Path | None, typer.Option(help="Fresh folder for the store and checkpoints (default: a temp folder).")
+    ] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address; default: an embedded local Ray.")] = None,
+    data_cache: Annotated[
+        Path | None, typer.Option(help="Data cache to use instead of the sweep's (reuse a built corpus).")
+    ] = None,
+    csv_path: Annotated[Path, typer.Option("--csv", help="Where to append rows.")] = Path(
+        "benchmarks/results/orchestrator.csv"
+    ),
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the runs it would train and exit.")] = False,
+) -> None:
+    """Scheduler overhead around training: submit → first step, per-run overhead, CPU utilisation, resubmission."""
+    import shutil
+    import tempfile
+
+    from models import LadderError
+    from orchestrator.bench_orchestrator import QUICKSTART, machine, prepare_sweep, run_benchmark
+    from orchestrator.bench_orchestrator import append_csv as append_orchestrator_csv
+
+    source = sweep_file or QUICKSTART
+    _load_sweep_or_fail(source)  # errors point at the user's file, not the benchmark's copy
+    scratch = workdir is None
+    folder = Path(tempfile.mkdtemp(prefix="ladder-bench-")) if scratch else workdir
+    if not scratch and any(folder.iterdir() if folder.exists() else ()):
+        _fail(LadderError(f"--workdir {folder} must be empty or absent: the benchmark trains from scratch"))
+    try:
+        sweep_path = prepare_sweep(source, folder, scale, data_cache)
+        sweep, points = _load_sweep_or_fail(sweep_path)
+        steps = sum(p.spec.total_steps() for p in points)
+        console.print(f"{sweep.name} ({source}, budgets × {scale:g}): {len(points)} runs, {steps:,} steps in all; "
+                      f"store and checkpoints in {folder}")
+        if dry_run:
+            return
+        try:
+            with console.status(f"training {len(points)} runs"):
+                result = run_benchmark(sweep_path, address=address)
+        except (LadderError, RuntimeError) as error:
+            _fail(error if isinstance(error, LadderError) else LadderError(str(error)))
+    finally:
+        if scratch:
+            shutil.rmtree(folder, ignore_errors=True)
+    table = Table(title=f"orchestrator: {result.sweep}, {result.num_runs} runs, {result.cores:g} CPUs · {machine()}")
+    for column in ("metric", "value", "target", "met"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for metric, value, unit, target in result.rows():
+        shown = "" if value is None else (f"{100 * value:.1f} %" if unit == "fraction" else f"{value:.2f} {unit}")
+        limit = "" if target is None else (
+            f"{'≥' if target.at_least else '≤'} {100 * target.limit:g} %" if unit == "fraction" else f"{target} {unit}"
+        )
+        met = target.met(value) if target is not None else None
+        table.add_row(metric, shown, limit, {True: "[green]yes[/green]", False: "[red]no[/red]", None: ""}[met])
+    console.print(table)
+    append_orchestrator_csv(result, csv_path)
+    console.print(f"rows appended to {csv_path}")
+
+
 @bench_app.command(
     "kernels", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
 )

@@ -3,9 +3,10 @@
 Each sweep has a control folder, ``<storage>/.sweeps/<name>-<hash>/``, on the storage its checkpoints use (a
 cluster's runs share it already, so a login node sees the same files as the driver):
 
-- ``submit.lock``: the submitting process holds an exclusive ``flock`` on it for the whole submission and writes
-  a token (host, pid, random id) into it. The OS releases the lock when that process dies, so a SIGKILLed driver
-  never leaves a stale "running" sweep, and a second concurrent ``ladder submit`` of the same sweep is refused (the scheduler raises).
+- ``submit.lock``: the submitting process holds an exclusive ``flock`` on it for the whole submission and
+  writes a token (host, pid, random id) into it. The OS releases the lock when that process dies, so a
+  SIGKILLed driver never leaves a stale "running" sweep, and a second concurrent ``ladder submit`` of the
+  same sweep is refused (the scheduler raises `SweepBusyError`).
 - ``CANCEL``: ``ladder cancel`` writes the token of the submission it targets. The submit loop checks for it
   once per poll interval and stops only on a marker naming its own token; any other marker is stale (left by a
   cancel that raced with the end of an earlier submission) and is removed when a submission starts.
@@ -32,10 +33,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["SweepControl"]
+import yaml
+
+__all__ = ["DEFAULT_STORAGE", "SweepControl", "read_sweep_identity"]
 
 log = logging.getLogger(__name__)
 
+DEFAULT_STORAGE = "runs"  # SweepSpec.storage's default (a test keeps the two equal)
 CONTROL_DIR = ".sweeps"
 LOCK_FILE = "submit.lock"
 CANCEL_FILE = "CANCEL"
@@ -136,3 +140,20 @@ class SweepControl:
             return self.cancel_path.read_text().strip()
         except FileNotFoundError:
             return None
+
+
+def read_sweep_identity(path: Path) -> tuple[str, str]:
+    """A sweep file's ``name`` and ``storage``, read without validating the rest (no torch import).
+
+    Enough to find a running submission of a sweep that was valid when it was submitted; raises ValueError
+    when the file has no usable name.
+    """
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: not YAML ({error})") from None
+    name = raw.get("name") if isinstance(raw, dict) else None
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{path}: a sweep file needs a `name`")
+    storage = raw.get("storage", DEFAULT_STORAGE)
+    return name, str(storage)

@@ -1,24 +1,25 @@
 """Run a sweep's grid points on Ray: each pending point once, skipping finished ones, resuming partial ones.
 
 The tracking store is the ledger (DESIGN.md): before launching, `plan` asks it about every point's run_key:
-FINISHED → skip; FAILED with an infrastructure reason (node died, killed, OOM, crashed) → retry while attempts
-remain; FAILED ``diverged`` → never retried; anything else (never run, interrupted while RUNNING, KILLED by a
-cancel) → run, and the trainer resumes from the point's newest checkpoint. Ray holds no state we cannot lose: a
-killed driver or worker costs at most the steps since a run's last checkpoint.
+FINISHED → skip; FAILED with an infrastructure reason (node died, killed, OOM, crashed) → retry while
+attempts remain; FAILED ``diverged`` → never retried; anything else (never run, interrupted while RUNNING,
+KILLED by a cancel) → run, and the trainer resumes from the point's newest checkpoint. Ray holds no state we
+cannot lose: a killed driver or worker costs at most the steps since a run's last checkpoint.
 
-Failures and retries. Each point is one Ray task with the CPUs/GPUs its size needs. A task whose worker or node
-dies is rerun by Ray (``max_retries``) and the rerun resumes from the checkpoint, reopening the same MLflow run
-(``attempt`` + 1). ``retry.max_retries`` bounds a run's infrastructure retries over all submissions: Ray gets
-the retries the ledger still allows (a run that already FAILED twice gets fewer). A task that dies past its
-retries cannot record its own end, so the driver records it: the run becomes FAILED with reason ``node_died``,
-``oom`` or ``crashed`` (a point that died before its trainer opened a run gets a FAILED run), and the next
-submission retries it while attempts remain. The driver never overwrites a run whose directory lock is held:
-a live trainer (an orphan finishing the run) records its own end.
+Failures and retries. Each point is one Ray task with the CPUs/GPUs its size needs. A task whose worker or
+node dies is rerun by Ray (``max_retries``) and the rerun resumes from the checkpoint, reopening the same
+MLflow run (``attempt`` + 1). ``retry.max_retries`` bounds a run's infrastructure retries over all
+submissions: Ray gets the retries the ledger still allows (a run that FAILED before gets fewer). A task that
+dies past its retries cannot record its own end, so the driver records it: the run becomes FAILED with
+reason ``node_died``, ``oom`` or ``crashed`` (a point that died before its trainer opened a run gets a
+FAILED run), and the next submission retries it while attempts remain. The driver never overwrites a run
+whose directory lock is held: a live trainer (an orphan finishing the run) records its own end.
 
 Cancelling (`ladder cancel`, or Ctrl-C in `ladder submit`): the loop sees the sweep's cancel marker
 (`orchestrator.control`) within one poll interval, force-cancels its in-flight tasks, records their runs as
-KILLED with reason ``cancelled`` and returns with ``cancelled=True``. Cancelled runs are resumable: the next
-submission continues them from their checkpoints, and a cancel does not use up a retry.
+KILLED with reason ``cancelled`` and returns with ``cancelled=True``. A KILLED run is always resumable: the
+next submission continues it from its checkpoint whatever its attempt count (which counts every reopening,
+so many cancels leave fewer retries for a later failure).
 
 Points start smallest budget first, at most ``max_concurrent`` at a time. A parent MLflow run per sweep holds
 the sweep file and the summary; every point is a child run of it. Multi-worker points (``workers > 1``, DDP
@@ -50,6 +51,9 @@ log = logging.getLogger(__name__)
 WORKER_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_RUN_ID": ""}
 # How long a cancel waits for a force-cancelled task to report and for its trainer to release the run lock.
 CANCEL_TIMEOUT_S = 30.0
+# KILLED runs that resume on the next submission: cancelled (`ladder cancel`), interrupted (Ctrl-C in the
+# trainer), or ended without a reason. Any other KILLED reason (``pruned`` by a tuner) is final.
+RESUMABLE_KILLS = (None, "cancelled", "killed")
 # Tags the driver sets when it records an end the trainer could not (the tracker's names).
 FAILURE_REASON_TAG = "failure_reason"
 FAILURE_DETAIL_TAG = "failure_detail"
@@ -74,7 +78,7 @@ class PointState:
 
 @dataclass(frozen=True, slots=True)
 class TaskReport:
-    """What one Ray task of a submission did; times are wall clock (``time.time()``), worker times included."""
+    """What one Ray task of a submission did; times are wall clock (``time.time()``, driver and workers)."""
 
     run_key: str
     launched_at: float  # the driver submitted the task
@@ -129,6 +133,8 @@ def _state(sweep: SweepSpec, point: GridPoint, info: RunInfo | None) -> PointSta
             return PointState(point, "failed", **progress)
         # `attempt` attempts are spent; 1 + max_retries are allowed in all.
         progress["retries_left"] = max(0, max_retries - info.attempt)
+    elif info.status == "KILLED" and info.failure_reason not in RESUMABLE_KILLS:
+        return PointState(point, "failed", **progress)  # stopped on purpose for good (a pruned trial)
     else:  # RUNNING (interrupted, or live) or KILLED (cancelled): not a failure, the full budget remains
         progress["retries_left"] = max_retries
     # RUNNING with a live lock holder is running; otherwise it was interrupted and will resume.
@@ -171,15 +177,48 @@ def _check_supported(sweep: SweepSpec, points: list[GridPoint]) -> None:
         if point.resources.workers > 1:
             key = point.size if point.size in sweep.resources else "default"
             raise ConfigError(
-                f"sweep.resources.{key}.workers ({point.resources.workers}) must be 1: multi-worker (DDP) runs "
-                "under Ray Train are not supported by the scheduler yet; give the size 1 worker with more cpus/gpus"
+                f"sweep.resources.{key}.workers ({point.resources.workers}) must be 1: multi-worker (DDP) "
+                "runs under Ray Train are not supported by the scheduler yet; give the size 1 worker with "
+                "more cpus/gpus"
             )
 
 
+def _on_loopback(address: str) -> bool:
+    """Whether ``address`` ("auto" resolved as Ray resolves it) is a cluster on this machine's loopback."""
+    if address == "auto":
+        address = os.environ.get("RAY_ADDRESS") or ""
+        if not address or address == "auto":
+            try:  # where `ray start` records the head (a private helper: tolerate its absence)
+                from ray._private.utils import read_ray_address
+
+                address = read_ray_address() or ""
+            except (ImportError, AttributeError, OSError):
+                address = ""
+    if address.startswith("ray://"):
+        return False
+    host = address.rsplit(":", 1)[0].strip("[]")
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
+def _keep_ray_on_loopback() -> None:
+    """Stop Ray from rewriting 127.0.0.1 to the machine's network address (STACK.md, Ray 2.60 trap).
+
+    ``ray.init`` replaces a loopback bootstrap address with the address it would advertise, so a driver of a
+    head started with ``--node-ip-address=127.0.0.1`` (which listens on loopback only) connects to the wrong
+    address and hangs. Ray skips the rewrite when multi-node mode is off
+    (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, read once at import): right for a cluster that lives on one
+    machine's loopback, so it is switched off for such addresses only, and for processes this one starts.
+    """
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    from ray._private import ray_constants
+
+    if getattr(ray_constants, "ENABLE_RAY_CLUSTER", False):  # Ray already imported: the env var came too late
+        ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 def connect(address: str | None) -> None:
-    """Connect to ``address`` (a cluster's GCS address, ``ray://…``, or "auto"), or start an embedded local Ray
-    with all CPUs and no dashboard. Loopback addresses keep the driver on 127.0.0.1 (Ray would otherwise
-    advertise the machine's network address and fail to find the head's raylet there)."""
+    """Connect to ``address`` (a cluster's GCS ``host:port``, ``ray://host:port``, or "auto"), or start an
+    embedded local Ray with all CPUs and no dashboard. A cluster on 127.0.0.1 is reached on 127.0.0.1."""
     import ray
 
     if ray.is_initialized():
@@ -187,13 +226,12 @@ def connect(address: str | None) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     runtime_env = {"env_vars": WORKER_ENV}
     if address:
-        extra = {}
-        host = address.removeprefix("ray://").rsplit(":", 1)[0]
-        if host in ("127.0.0.1", "localhost") and not address.startswith("ray://"):
-            extra["_node_ip_address"] = "127.0.0.1"
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, **extra)
+        if _on_loopback(address):
+            _keep_ray_on_loopback()
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
     else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, runtime_env=runtime_env, log_to_driver=False)
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, runtime_env=runtime_env,
+                 log_to_driver=False)
 
 
 def _train_point(spec_data: dict[str, Any], parent_run_id: str | None) -> dict[str, Any]:
@@ -254,8 +292,8 @@ def _wait_unlocked(point: GridPoint, timeout_s: float) -> bool:
 def _record_end(point: GridPoint, status: str, reason: str, detail: str, parent_run_id: str | None) -> None:
     """Record the end of a run whose trainer could not (its process died or was killed).
 
-    Only a run that is still RUNNING is ended, and only while no process holds its lock; a run already ended by
-    its trainer keeps that record. A point without a run gets one for failures (so the ledger counts the
+    Only a run that is still RUNNING is ended, and only while no process holds its lock; a run already ended
+    by its trainer keeps that record. A point without a run gets one for failures (so the ledger counts the
     attempt and ``ladder status`` shows the reason), not for cancels: a cancel of a task that never started
     changes nothing.
     """
@@ -270,8 +308,8 @@ def _record_end(point: GridPoint, status: str, reason: str, detail: str, parent_
         if status == "KILLED":
             return
         tracker = RunTracker.open(
-            spec.tracking, run_key=spec.run_key, run_name=spec.name or spec.run_key, tags=spec.tags, params={},
-            parent_run_id=parent_run_id,
+            spec.tracking, run_key=spec.run_key, run_name=spec.name or spec.run_key, tags=spec.tags,
+            params={}, parent_run_id=parent_run_id,
         )
         tracker.set_tags({FAILURE_DETAIL_TAG: detail})
         tracker.finish("FAILED", failure_reason=reason)
@@ -356,12 +394,15 @@ class _Submission:
         tasks = list(self.in_flight)
         for task in tasks:
             self.ray.cancel(task, force=True)
-        ready, stuck = self.ray.wait(tasks, num_returns=len(tasks), timeout=CANCEL_TIMEOUT_S) if tasks else ([], [])
+        ready, stuck = ([], [])
+        if tasks:
+            ready, stuck = self.ray.wait(tasks, num_returns=len(tasks), timeout=CANCEL_TIMEOUT_S)
         for task in ready:
-            self.collect(task)  # cancelled, or finished just before the cancel landed (then it stays FINISHED)
+            self.collect(task)  # cancelled, or finished just before the cancel landed (it stays FINISHED)
         for task in stuck:
             point, launched_at = self.in_flight.pop(task)
-            log.warning("task of %s did not stop within %.0f s of its cancel", point.spec.run_key, CANCEL_TIMEOUT_S)
+            log.warning("task of %s did not stop within %.0f s of its cancel", point.spec.run_key,
+                        CANCEL_TIMEOUT_S)
             self._record_failure(point, launched_at, "cancelled", "cancelled; the task did not confirm")
 
     def run(self, points: list[GridPoint], on_update: Callable[[list[PointState]], None] | None) -> bool:
@@ -401,10 +442,10 @@ def submit(
     on_update: Callable[[list[PointState]], None] | None = None,
     poll_s: float = 2.0,
 ) -> SweepResult:
-    """Run every pending point on Ray and wait for all of them (or a cancel); returns every point's final state.
+    """Run every pending point on Ray and wait for all of them (or a cancel); returns every point's state.
 
-    Raises `ConfigError` for points this scheduler cannot run (``workers > 1``) and `SweepBusyError` when another
-    process is submitting the same sweep; in both cases nothing is launched.
+    Raises `ConfigError` for points this scheduler cannot run (``workers > 1``) and `SweepBusyError` when
+    another process is submitting the same sweep; in both cases nothing is launched.
     """
     submitted_at = time.time()
     states = plan(sweep, points)
@@ -416,8 +457,8 @@ def submit(
     with control.submitting() as token:
         if token is None:
             raise SweepBusyError(
-                f"sweep {sweep.name!r} is already being submitted ({control.running_submission()}); wait for it "
-                "or stop it with `ladder cancel`"
+                f"sweep {sweep.name!r} is already being submitted ({control.running_submission()}); wait "
+                "for it or stop it with `ladder cancel`"
             )
         parent_run_id = _parent_run(points[0].spec.tracking, sweep, sweep_file)
         connect(address)

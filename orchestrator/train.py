@@ -323,6 +323,13 @@ def _run_locked(
             tracker.finish("FAILED", failure_reason="diverged")
             return RunResult(spec.run_key, "FAILED", steps=step + 1, failure_reason="diverged",
                              run_id=tracker.run_id, resumed_from=checkpoint and start_step, losses=losses)
+        except (torch.cuda.OutOfMemoryError, MemoryError) as error:
+            # An infrastructure failure worth a retry (a co-located run, a smaller device): recorded as `oom`
+            # rather than the tracker's generic `crashed`, so the ledger says why; the error still propagates.
+            log.error("run %s ran out of memory at step %d: %s", spec.run_key, step + 1, error)
+            tracker.set_tags({"failure_detail": f"{type(error).__name__}: {error}"[:8000]})
+            tracker.finish("FAILED", failure_reason="oom")
+            raise
         except Pruned as error:
             log.info("run %s %s", spec.run_key, error)
             tracker.finish("KILLED", failure_reason="pruned")

@@ -108,7 +108,12 @@ def test_mhc_lite_is_exactly_doubly_stochastic():
 def test_coefficient_ranges_follow_the_projections():
     n = 4
     h_pre, h_post, res = mhc_coefficients(
-        torch.randn(50, n * 8), torch.randn(n * 8, n * n + 2 * n), torch.full((3,), 0.1), torch.zeros(n * n + 2 * n), n, 1e-6
+        torch.randn(50, n * 8),
+        torch.randn(n * 8, n * n + 2 * n),
+        torch.full((3,), 0.1),
+        torch.zeros(n * n + 2 * n),
+        n,
+        1e-6,
     )
     assert 0 < h_pre.min() and h_pre.max() < 1
     assert 0 < h_post.min() and h_post.max() < 2

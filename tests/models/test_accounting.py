@@ -51,8 +51,8 @@ def test_architecture_flops_match_torch_flop_counter_for_the_baseline():
 
     FlopCounterMode counts matmuls and attention (non-causal, as DeepSeek's M does); it has no formula for
     torch._grouped_mm (the routed experts), so the test supplies one: 2 · rows · in · out. The lm head is a matmul
-    too. Norms and elementwise ops are counted by neither side. The count runs SDPA's math backend: the counter has
-    no formula for the CPU flash kernel the model otherwise uses (which also sees zero-padded values).
+    too. Norms and elementwise ops are counted by neither side. The count runs SDPA's math backend: the counter
+    has no formula for the CPU flash kernel the model otherwise uses (which also sees zero-padded values).
     """
     config = get_preset("nano")
     seq_len = 48

@@ -45,13 +45,17 @@ def test_gains_are_averaged_over_tokens():
 
 
 def test_doubly_stochastic_error_of_hand_built_matrices():
-    assert doubly_stochastic_error(torch.full((1, 3, 3), 1 / 3, dtype=torch.float64)) == pytest.approx((0, 0), abs=1e-12)
+    assert doubly_stochastic_error(torch.full((1, 3, 3), 1 / 3, dtype=torch.float64)) == pytest.approx(
+        (0, 0), abs=1e-12
+    )
     error, most_negative = doubly_stochastic_error(torch.tensor([[[1.1, -0.1], [0.0, 1.0]]]))
     assert error == pytest.approx(0.1)
     assert most_negative == pytest.approx(-0.1)
 
 
-@pytest.mark.parametrize(("variant", "n", "max_ds_error"), [("mhc", 4, 1e-3), ("mhc-lite", 4, 1e-5), ("hc", 4, 1e-6)])
+@pytest.mark.parametrize(
+    ("variant", "n", "max_ds_error"), [("mhc", 4, 1e-3), ("mhc-lite", 4, 1e-5), ("hc", 4, 1e-6)]
+)
 def test_model_diagnostics_at_init(variant, n, max_ds_error):
     config = get_preset("nano").with_residual(variant=variant, n=n)
     model = build_model(config, seed=0)

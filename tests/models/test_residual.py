@@ -21,7 +21,9 @@ def _config(variant: str, n: int, dim: int) -> ModelConfig:
 @pytest.mark.parametrize(("variant", "n"), [("hc", 1), ("hc", 3), ("mhc", 2), ("mhc", 3), ("mhc-lite", 3)])
 def test_connection_gradients_match_finite_differences(variant, n):
     dim = 5
-    connection = build_connection(_config(variant, n, dim), sublayer_index=1, ops=get_ops("torch", torch.device("cpu")))
+    connection = build_connection(
+        _config(variant, n, dim), sublayer_index=1, ops=get_ops("torch", torch.device("cpu"))
+    )
     connection.double()
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():  # move away from the identity-like init so every path carries gradient
@@ -32,7 +34,9 @@ def test_connection_gradients_match_finite_differences(variant, n):
     names = [name for name, _ in connection.named_parameters()]
 
     def run(x_in, *params):
-        return functional_call(connection, dict(zip(names, params, strict=True)), (x_in, lambda u: torch.tanh(u @ weight)))
+        return functional_call(
+            connection, dict(zip(names, params, strict=True)), (x_in, lambda u: torch.tanh(u @ weight))
+        )
 
     inputs = (x, *[p.detach().clone().requires_grad_() for p in connection.parameters()])
     assert gradcheck(run, inputs, eps=1e-6, atol=1e-5)

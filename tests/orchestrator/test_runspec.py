@@ -14,7 +14,10 @@ def _spec(**training):
 def test_run_key_ignores_key_order_spelled_out_defaults_and_resources():
     short = RunSpec(model={"residual": {"n": 4, "variant": "mhc"}, "preset": "nano"}, training={"lr": 0.01})
     spelled = RunSpec(
-        model={**get_preset("nano").model_dump(), "residual": {"variant": "mhc", "n": 4, "sinkhorn_iters": 20}},
+        model={
+            **get_preset("nano").model_dump(),
+            "residual": {"variant": "mhc", "n": 4, "sinkhorn_iters": 20},
+        },
         training={"lr": 0.01, "betas": [0.9, 0.95], "threads": 2, "device": "cpu", "checkpoint_every": 7},
         data={"cache_dir": "/elsewhere"},
         storage="other-runs",
@@ -57,7 +60,9 @@ def test_compute_budget_buys_the_same_steps_for_every_variant():
 
 
 def test_budget_needs_exactly_one_quantity():
-    with pytest.raises(ConfigError, match=r"training\.budget\.flops\|tokens\|steps \(flops, steps\) exactly one"):
+    with pytest.raises(
+        ConfigError, match=r"training\.budget\.flops\|tokens\|steps \(flops, steps\) exactly one"
+    ):
         _spec(budget={"flops": 1e12, "steps": 3})
 
 
@@ -68,15 +73,7 @@ def test_grad_accum_must_divide_the_batch():
 
 def test_yaml_errors_name_file_line_field_and_rule(tmp_path):
     path = tmp_path / "run.yaml"
-    path.write_text(
-        "model:\n"
-        "  preset: nano\n"
-        "  moe:\n"
-        "    top_k: 12\n"
-        "training:\n"
-        "  lr: -1\n"
-        "  bogus: 3\n"
-    )
+    path.write_text("model:\n  preset: nano\n  moe:\n    top_k: 12\ntraining:\n  lr: -1\n  bogus: 3\n")
     with pytest.raises(ConfigFileError) as error:
         load_config_file(path, RunSpec, root="run")
     message = str(error.value)

@@ -38,8 +38,9 @@ def _spec(tmp_path: Path, data_config, *, variant="residual", n=1, steps=40, **t
 
 
 @pytest.mark.parametrize(("variant", "n"), VARIANTS)
-def test_nano_learns_the_corpus_well_below_its_unigram_entropy(tmp_path, pd_literary_config, pd_literary_dataset,
-                                                                variant, n):
+def test_nano_learns_the_corpus_well_below_its_unigram_entropy(
+    tmp_path, pd_literary_config, pd_literary_dataset, variant, n
+):
     spec = _spec(tmp_path, pd_literary_config, variant=variant, n=n, steps=300, eval_every=100, lr=1e-2)
     result = run(spec)
     unigram = pd_literary_dataset.metadata.unigram_entropy_nats
