@@ -126,53 +126,6 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_killing_a_worker_node_mid_sweep_still_finishes_every_point_exactly_once(
-    tmp_path, pd_literary_dataset, data_cache_dir, ray_tmpdir
-):
-    import ray
-    from ray.cluster_utils import Cluster
-
-    grid = ("  budget: [1.5e+10]\n"
-            "  residual: [{variant: residual}, {variant: mhc, n: 2}, {variant: hc, n: 2}]\n")
-    path = _write_sweep(tmp_path, data_cache_dir, "node-death", grid)
-    sweep, points = load_sweep(path)
-    loopback = {"node_ip_address": "127.0.0.1"}
-    # The head takes no tasks (as on a real cluster); dashboard agent on a free port (52365 may be taken).
-    cluster = Cluster(initialize_head=True, head_node_args={
-        **loopback, "num_cpus": 0, "include_dashboard": False, "dashboard_agent_listen_port": None,
-    })
-    killed: dict[str, object] = {}
-    try:
-        workers = [cluster.add_node(**loopback, num_cpus=1) for _ in range(2)]
-
-        def kill_a_worker_once_two_runs_have_checkpoints(states) -> None:
-            if not killed and sum((p.spec.run_dir / "step-00000010").exists() for p in points) >= 2:
-                killed.update(at=time.time(), node_id=workers[0].node_id)
-                cluster.remove_node(workers[0], allow_graceful=False)
-
-        result = submit(sweep, points, sweep_file=path, address=cluster.address,
-                        on_update=kill_a_worker_once_two_runs_have_checkpoints, poll_s=0.5)
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-    assert killed, "the sweep ended before a node could be killed"
-    assert result.complete and not result.cancelled
-    by_key = _assert_each_point_finished_exactly_once(tmp_path / "mlruns.db", "node-death", points)
-    # The run on the killed node was rerun by Ray on the surviving node and resumed from its checkpoint.
-    resumed = [task for task in result.tasks if task.first_step is not None and task.first_step > 1]
-    assert resumed, [(t.run_key, t.outcome, t.first_step) for t in result.tasks]
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
-    for task in resumed:
-        run = by_key[task.run_key][0]
-        assert int(run.data.tags["attempt"]) >= 2
-        assert task.node_id != killed["node_id"]
-        history = client.get_metric_history(run.info.run_id, "train/loss")
-        after_kill = [m.step for m in history if m.timestamp / 1000 >= killed["at"]]
-        assert min(after_kill) > 1  # the rerun continued from a checkpoint, it did not start over
-        total = next(p for p in points if p.spec.run_key == task.run_key).spec.total_steps()
-        assert {m.step for m in history} == set(range(1, total + 1))  # and left no gap in the curve
-
-
 def test_ladder_submit_runs_as_a_ray_job_entrypoint(tmp_path, pd_literary_dataset, data_cache_dir,
                                                     ray_tmpdir):
     grid = "  budget: [3.0e+9]\n  residual: [{variant: residual}, {variant: mhc, n: 2}]\n"

@@ -1,11 +1,6 @@
 """Tuning studies on a real local Ray, real Optuna SQLite storage and a real MLflow store: parallel trials,
 pruning, duplicates, and a driver or a worker killed mid-study."""
 
-import os
-import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -16,7 +11,6 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from orchestrator.tracking import find_run
 from orchestrator.tune import load_tuning, measure_run, trials_frame, tune
 from orchestrator.tune.runner import MAX_DUPLICATE_STREAK
 
@@ -208,122 +202,3 @@ budget: {n_trials: 4, parallelism: 2}
     duplicates = frame.filter(pl.col("outcome") == "duplicate")
     assert duplicates.height >= MAX_DUPLICATE_STREAK and set(duplicates["state"]) == {"FAIL"}
     assert len(_child_runs(spec)) == 2
-
-
-def test_a_worker_killed_mid_trial_fails_by_heartbeat_and_is_retried_from_its_checkpoint(
-    tmp_path, pd_literary_dataset, data_cache_dir, local_ray
-):
-    path = _write(
-        tmp_path,
-        data_cache_dir,
-        "worker-killed",
-        """\
-search:
-  sinkhorn_iters: {low: 0, high: 30}
-objectives: [val_loss, ds_error]
-budget: {n_trials: 1, parallelism: 1}
-""",
-        steps=40,
-    )
-    spec = load_tuning(path)
-    outcome: dict = {}
-
-    def drive() -> None:
-        try:
-            outcome["result"] = tune(spec)
-        except BaseException as error:  # surfaced by the assert below
-            outcome["error"] = error
-
-    driver = threading.Thread(target=drive, daemon=True)
-    driver.start()
-    victim = None
-    deadline = time.monotonic() + 180
-    while victim is None and time.monotonic() < deadline and driver.is_alive():
-        time.sleep(0.2)
-        if not Path(spec.storage_url.removeprefix("sqlite:///")).exists():
-            continue
-        for trial in _study(spec).get_trials(states=(optuna.trial.TrialState.RUNNING,)):
-            worker, key = trial.user_attrs.get("worker"), trial.user_attrs.get("run_key")
-            if worker and key and (Path(spec.storage) / key / "step-00000010").exists():
-                victim = trial
-    assert victim is not None, f"no trial reached its first checkpoint: {outcome}"
-    os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
-    driver.join(timeout=180)
-    assert not driver.is_alive() and "error" not in outcome, outcome
-    result = outcome["result"]
-    assert result.finished and (result.complete, result.failed) == (1, 0)
-
-    failed, retry = _study(spec).get_trials()
-    assert failed.number == victim.number and failed.state.name == "FAIL"
-    assert "outcome" not in failed.user_attrs  # failed by its heartbeat, not told by the driver
-    assert retry.state.name == "COMPLETE" and retry.system_attrs["failed_trial"] == failed.number
-    assert retry.params == failed.params and retry.user_attrs["run_key"] == failed.user_attrs["run_key"]
-    info = find_run(spec.tracking_config, retry.user_attrs["run_key"])
-    assert info.status == "FINISHED" and info.attempt >= 2  # the same MLflow run, resumed
-    assert info.tags["optuna_trial"] == str(retry.number)
-    assert len(_child_runs(spec)[retry.user_attrs["run_key"]]) == 1
-
-
-def test_killing_the_driver_mid_study_and_rerunning_completes_it_without_duplicates(
-    tmp_path, pd_literary_dataset, data_cache_dir, local_ray
-):
-    path = _write(
-        tmp_path,
-        data_cache_dir,
-        "driver-killed",
-        """\
-search:
-  sinkhorn_iters: {low: 0, high: 30}
-objectives: [val_loss, ds_error]
-budget: {n_trials: 4, parallelism: 2}
-""",
-        steps=40,
-    )
-    spec = load_tuning(path)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "tune", str(path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, **RAY_ENV},
-        start_new_session=True,  # so the driver and its embedded Ray die together
-    )
-    interrupted: list = []
-    deadline = time.monotonic() + 240
-    while not interrupted and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.2)
-        if not Path(spec.storage_url.removeprefix("sqlite:///")).exists():
-            continue
-        try:
-            trials = _study(spec).get_trials()
-        except KeyError:  # the study is not created yet
-            continue
-        if any(t.state.name == "COMPLETE" for t in trials):
-            interrupted = [
-                t
-                for t in trials
-                if t.state.name == "RUNNING"
-                and t.user_attrs.get("run_key")
-                and (Path(spec.storage) / t.user_attrs["run_key"] / "step-00000010").exists()
-            ]
-    assert process.poll() is None, "the study ended before it could be killed"
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    assert interrupted, "no trial was mid-run when the driver was killed"
-
-    result = tune(spec)
-    assert result.finished and (result.complete, result.pruned, result.failed) == (4, 0, 0)
-    trials = _study(spec).get_trials()
-    complete = [t for t in trials if t.state.name == "COMPLETE"]
-    assert len(complete) == 4
-    assert len({t.user_attrs["run_key"] for t in complete}) == 4
-    assert len({t.params["sinkhorn_iters"] for t in complete}) == 4
-    by_number = {t.number: t for t in trials}
-    for (
-        victim
-    ) in interrupted:  # failed by its heartbeat, retried with its parameters, and that retry completed
-        assert by_number[victim.number].state.name == "FAIL"
-        retries = [t for t in complete if t.system_attrs.get("failed_trial") == victim.number]
-        assert len(retries) == 1 and retries[0].params == victim.params
-    runs = _child_runs(spec)
-    assert set(runs) == {t.user_attrs["run_key"] for t in complete}
-    assert all(len(found) == 1 and found[0].info.status == "FINISHED" for found in runs.values())
