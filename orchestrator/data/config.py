@@ -201,8 +201,9 @@ class DataConfig(ConfigModel):
 
     @property
     def cache_path(self) -> Path:
-        """`cache_dir` as a path (``~`` expanded)."""
-        return Path(self.cache_dir).expanduser()
+        """`cache_dir` as an absolute path (``~`` expanded): the pip/npm downloads run in other folders."""
+        return Path(self.cache_dir).expanduser().resolve()
+
 
 
 def token_file_problem(path: Path, dtype: str) -> str | None:
