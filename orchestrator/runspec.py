@@ -3,7 +3,7 @@
 A RunSpec = model config + training config + data + tracking (+ where checkpoints live and the grid coordinates
 as tags). Sweeps produce RunSpecs; `ladder train run.yaml` reads one. The `run_key` hashes the canonical resolved
 config (sorted keys, every default spelled out), leaving out what does not change the trained weights:
-resources (threads, device, compile), checkpoint cadence, the data cache location, tracking and storage.
+resources (workers, sharding, threads, device, compile), checkpoint cadence, the data cache location, tracking and storage.
 
 Training recipe defaults follow the mHC paper (Table 5): AdamW β = (0.9, 0.95), weight decay 0.1, step decay to
 0.316× and 0.1× at 80 % and 90 % of the steps, warm-up. Differences, chosen for CPU-scale proxies: warm-up is a
@@ -23,6 +23,7 @@ from pydantic import Field, model_validator
 from models import ModelConfig, flops_per_token, tokens_for_budget
 from models.config import ConfigModel, rule_violation
 from orchestrator.data import DataConfig
+from orchestrator.resources import Resources
 from orchestrator.tracking import TrackingConfig
 
 __all__ = ["Budget", "RunSpec", "TrainingConfig"]
@@ -106,6 +107,7 @@ class RunSpec(ConfigModel):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow store and experiment.")
     storage: str = Field(default="runs", description="Checkpoints go to <storage>/<run_key>/.")
     tags: dict[str, str] = Field(default_factory=dict, description="Grid coordinates and labels for tracking.")
+    resources: Resources = Field(default=Resources(), description="Workers, devices and sharding (not in the key).")
 
     @model_validator(mode="before")
     @classmethod

@@ -14,7 +14,7 @@
     zip: [[budget, training.lr]]            # ... except zipped axes, which vary together
     exclude: [{size: p4, residual: {variant: hc}}]      # drop matching points
     include: [{size: p1, budget: 3.0e13, residual: {variant: mhc, n: 8}}]   # add points
-    resources: {default: {cpus: 1}, p4: {cpus: 2}}      # per size: cpus, gpus, workers
+    resources: {default: {cpus: 1}, p4: {cpus: 2}}      # per size: cpus, gpus, workers, sharding, ...
     max_concurrent: 2
     retry: {max_retries: 2}
 
@@ -38,6 +38,7 @@ from models import flops_per_token
 from models.config import ConfigModel, rule_violation
 from models.errors import ConfigError
 from orchestrator.data import DataConfig
+from orchestrator.resources import Resources
 from orchestrator.runspec import RunSpec
 from orchestrator.tracking import TrackingConfig
 from orchestrator.yamlio import ConfigFileError, line_of, load_yaml
@@ -46,16 +47,6 @@ __all__ = ["GridPoint", "Resources", "RetryPolicy", "SweepSpec", "expand", "load
 
 # Named axes and the RunSpec field each sets; any other axis name is a dotted RunSpec path.
 NAMED_AXES = {"size": "model", "budget": "training.budget", "residual": "model.residual", "seed": "training.seed"}
-
-
-class Resources(ConfigModel):
-    """What one run of a size needs."""
-
-    config_path: ClassVar[str] = "sweep.resources"
-
-    cpus: float = Field(default=1, gt=0, description="CPUs per worker (also the torch thread count, rounded).")
-    gpus: int = Field(default=0, ge=0, description="GPUs per worker (whole GPUs only).")
-    workers: int = Field(default=1, ge=1, description="Workers per run; > 1 runs DDP under Ray Train.")
 
 
 class RetryPolicy(ConfigModel):
@@ -132,7 +123,10 @@ class GridPoint:
 
     coordinates: dict[str, Any]
     spec: RunSpec
-    resources: Resources
+
+    @property
+    def resources(self) -> Resources:
+        return self.spec.resources
 
     @property
     def size(self) -> str:
@@ -232,7 +226,8 @@ def expand(sweep: SweepSpec) -> list[GridPoint]:
         seen[spec.run_key] = label
         size = coordinates.get("size")
         size_name = size if isinstance(size, str) else spec.model.name
-        grid_points.append(GridPoint(coordinates, spec, sweep.resources_for(size_name)))
+        spec = spec.model_copy(update={"resources": sweep.resources_for(size_name)})
+        grid_points.append(GridPoint(coordinates, spec))
     if problems:
         raise ConfigError.from_problems([(("sweep", *loc), detail) for loc, detail in problems])
     return sorted(grid_points, key=lambda p: (p.budget_flops, p.spec.model.name, p.spec.run_key))

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from orchestrator.checkpoint import list_checkpoints
 from orchestrator.scheduler import plan, submit
 from orchestrator.sweep import load_sweep
 
@@ -126,6 +127,61 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _mid_training(point) -> bool:
+    """Whether the point's run has a checkpoint but not its final one."""
+    checkpoints = list_checkpoints(point.spec.run_dir)
+    return bool(checkpoints) and int(checkpoints[0].name.removeprefix("step-")) < point.spec.total_steps()
+
+
+def test_killing_a_worker_node_mid_sweep_still_finishes_every_point_exactly_once(
+    tmp_path, pd_literary_dataset, data_cache_dir, ray_tmpdir
+):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    grid = ("  budget: [2.0e+10]\n"
+            "  residual: [{variant: residual}, {variant: mhc, n: 2}, {variant: hc, n: 2}]\n")
+    path = _write_sweep(tmp_path, data_cache_dir, "node-death", grid)
+    sweep, points = load_sweep(path)
+    loopback = {"node_ip_address": "127.0.0.1"}
+    # The head takes no tasks (as on a real cluster); dashboard agent on a free port (52365 may be taken).
+    cluster = Cluster(initialize_head=True, head_node_args={
+        **loopback, "num_cpus": 0, "include_dashboard": False, "dashboard_agent_listen_port": None,
+    })
+    killed: dict[str, object] = {}
+    try:
+        workers = [cluster.add_node(**loopback, num_cpus=1) for _ in range(2)]
+
+        def kill_a_worker_once_two_runs_have_checkpoints(states) -> None:
+            # Two runs mid-training (a checkpoint, not the final one) occupy both workers: whichever node
+            # dies, a run is interrupted. (Not "step 10 exists": it is deleted once two newer ones exist.)
+            if not killed and sum(_mid_training(p) for p in points) >= 2:
+                killed.update(at=time.time(), node_id=workers[0].node_id)
+                cluster.remove_node(workers[0], allow_graceful=False)
+
+        result = submit(sweep, points, sweep_file=path, address=cluster.address,
+                        on_update=kill_a_worker_once_two_runs_have_checkpoints, poll_s=0.5)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert killed, "the sweep ended before a node could be killed"
+    assert result.complete and not result.cancelled
+    by_key = _assert_each_point_finished_exactly_once(tmp_path / "mlruns.db", "node-death", points)
+    # The run on the killed node was rerun by Ray on the surviving node and resumed from its checkpoint.
+    resumed = [task for task in result.tasks if task.first_step is not None and task.first_step > 1]
+    assert resumed, [(t.run_key, t.outcome, t.first_step) for t in result.tasks]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    for task in resumed:
+        run = by_key[task.run_key][0]
+        assert int(run.data.tags["attempt"]) >= 2
+        assert task.node_id != killed["node_id"]
+        history = client.get_metric_history(run.info.run_id, "train/loss")
+        after_kill = [m.step for m in history if m.timestamp / 1000 >= killed["at"]]
+        assert min(after_kill) > 1  # the rerun continued from a checkpoint, it did not start over
+        total = next(p for p in points if p.spec.run_key == task.run_key).spec.total_steps()
+        assert {m.step for m in history} == set(range(1, total + 1))  # and left no gap in the curve
+
+
 def test_ladder_submit_runs_as_a_ray_job_entrypoint(tmp_path, pd_literary_dataset, data_cache_dir,
                                                     ray_tmpdir):
     grid = "  budget: [3.0e+9]\n  residual: [{variant: residual}, {variant: mhc, n: 2}]\n"
@@ -162,7 +218,7 @@ def test_ladder_submit_runs_as_a_ray_job_entrypoint(tmp_path, pd_literary_datase
 def test_cancel_stops_a_running_submit_and_a_later_submit_resumes_it(
     tmp_path, pd_literary_dataset, data_cache_dir, ray_tmpdir
 ):
-    grid = "  budget: [1.0e+10, 3.0e+10]\n  seed: [0, 1]\n"
+    grid = "  budget: [1.0e+10, 1.0e+11]\n  seed: [0, 1]\n"  # the big runs (325 steps) outlast the cancel
     path = _write_sweep(tmp_path, data_cache_dir, "cancelled", grid, extra="max_concurrent: 2\n")
     sweep, points = load_sweep(path)
     biggest = max(p.budget_flops for p in points)
@@ -174,7 +230,7 @@ def test_cancel_stops_a_running_submit_and_a_later_submit_resumes_it(
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and submitting.poll() is None:
-            if any((p.spec.run_dir / "step-00000010").exists() for p in big):
+            if any(list_checkpoints(p.spec.run_dir) for p in big):
                 break
             time.sleep(0.2)
         assert submitting.poll() is None, "the sweep ended before it could be cancelled"
@@ -194,8 +250,9 @@ def test_cancel_stops_a_running_submit_and_a_later_submit_resumes_it(
     states = {s.point.spec.run_key: s for s in plan(sweep, points)}
     unfinished = [p for p in points if states[p.spec.run_key].state != "finished"]
     assert all(states[p.spec.run_key].state == "pending" for p in unfinished)  # resumable, not failed
-    # Runs that had trained were stopped and recorded; a task still starting up left nothing behind.
-    interrupted = [p for p in unfinished if (p.spec.run_dir / "step-00000010").exists()]
+    # Runs that had trained were stopped and recorded; a task still starting up left nothing behind. (Any
+    # checkpoint: step 10's is deleted once two newer ones exist.)
+    interrupted = [p for p in unfinished if list_checkpoints(p.spec.run_dir)]
     assert interrupted
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
     for point in interrupted:
