@@ -19,8 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-
 __all__ = ["is_locked", "latest_checkpoint", "list_checkpoints", "run_lock", "save_checkpoint"]
 
 log = logging.getLogger(__name__)
@@ -80,6 +78,8 @@ def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int =
     staging = run_dir / f".staging-{step:08d}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
+    import torch  # lazily: the ledger (is_locked) must not pay torch's import
+
     torch.save(state, staging / STATE_FILE)
     (staging / MARKER_FILE).write_text(_sha256(staging / STATE_FILE))
     for path in (staging / STATE_FILE, staging / MARKER_FILE, staging):
@@ -106,6 +106,8 @@ def _load_verified(directory: Path) -> dict[str, Any]:
         raise ValueError("incomplete (state or COMPLETE marker missing)")
     if marker.read_text().strip() != _sha256(state):
         raise ValueError("state.pt does not match the sha256 in COMPLETE")
+    import torch
+
     return torch.load(state, map_location="cpu", weights_only=True)
 
 

@@ -7,7 +7,6 @@ BPE, on-disk caching, and deterministic batches.
     inputs_BS, targets_BS = sampler.train_batch(step, batch_size=16, seq_len=128)
 """
 
-from orchestrator.data.batches import BatchSampler
 from orchestrator.data.cleaning import CLEANING_VERSION
 from orchestrator.data.config import BuiltinSource, DataConfig, TextSource, TokenSource
 from orchestrator.data.corpus import BUILTIN_CORPORA, PD_LITERARY, CorpusRecipe, CorpusSource
@@ -15,6 +14,15 @@ from orchestrator.data.dataset import DatasetMetadata, TokenDataset, dataset_key
 from orchestrator.data.errors import ChecksumMismatchError, DataError, MissingClientError
 from orchestrator.data.fetch import PinnedPackage
 from orchestrator.data.text import TextCorpus, prepare_text_corpus
+
+
+def __getattr__(name: str) -> object:
+    """`BatchSampler` needs torch: it loads on first use, so configs and the ledger stay fast to import."""
+    if name == "BatchSampler":
+        from orchestrator.data.batches import BatchSampler
+
+        return BatchSampler
+    raise AttributeError(f"module 'orchestrator.data' has no attribute {name!r}")
 
 __all__ = [
     "BUILTIN_CORPORA",

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from orchestrator.tracking._mlflow import MAX_PARAM_VALUE_LENGTH, call_with_retry, check_name, make_client
 from orchestrator.tracking.config import TrackingConfig
 from orchestrator.tracking.errors import TrackingError
+from orchestrator.tracking.sqlite_ledger import read_runs
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -54,18 +55,40 @@ class RunInfo:
 
     @classmethod
     def from_mlflow(cls, run: Run) -> RunInfo:
-        tags = dict(run.data.tags)
-        return cls(
+        return cls.from_record(
             run_id=run.info.run_id,
-            run_key=tags.get(RUN_KEY_TAG, ""),
             experiment_id=run.info.experiment_id,
             status=run.info.status,
-            attempt=int(tags.get(ATTEMPT_TAG, "1")),
-            failure_reason=tags.get(FAILURE_REASON_TAG),
             start_time_ms=run.info.start_time,
             end_time_ms=run.info.end_time,
-            tags=tags,
+            tags=dict(run.data.tags),
             metrics=dict(run.data.metrics),
+        )
+
+    @classmethod
+    def from_record(
+        cls,
+        *,
+        run_id: str,
+        experiment_id: str,
+        status: str,
+        start_time_ms: int | None,
+        end_time_ms: int | None,
+        tags: dict[str, str],
+        metrics: dict[str, float],
+    ) -> RunInfo:
+        """From a run's stored fields, whichever reader fetched them (MLflow's client or the SQLite ledger)."""
+        return cls(
+            run_id=run_id,
+            run_key=tags.get(RUN_KEY_TAG, ""),
+            experiment_id=experiment_id,
+            status=status,
+            attempt=int(tags.get(ATTEMPT_TAG, "1")),
+            failure_reason=tags.get(FAILURE_REASON_TAG),
+            start_time_ms=start_time_ms,
+            end_time_ms=end_time_ms,
+            tags=tags,
+            metrics=metrics,
         )
 
 
@@ -75,8 +98,8 @@ def check_run_key(run_key: str) -> str:
     return run_key
 
 
-def _preferred(runs: list[Run]) -> Run:
-    return min(runs, key=lambda run: (_STATUS_RANK.get(run.info.status, 4), -(run.info.start_time or 0)))
+def _preferred(runs: list[RunInfo]) -> RunInfo:
+    return min(runs, key=lambda run: (_STATUS_RANK.get(run.status, 4), -(run.start_time_ms or 0)))
 
 
 def experiment_id(client: MlflowClient, config: TrackingConfig, *, create: bool) -> str | None:
@@ -132,16 +155,28 @@ def find_run(config: TrackingConfig, run_key: str, *, client: MlflowClient | Non
     if exp_id is None:
         return None
     runs = search_key(client, config, exp_id, run_key)
-    return RunInfo.from_mlflow(_preferred(runs)) if runs else None
+    return _preferred([RunInfo.from_mlflow(run) for run in runs]) if runs else None
 
 
 def find_runs(config: TrackingConfig, *, client: MlflowClient | None = None) -> dict[str, RunInfo]:
-    """Every run_key of ``config.experiment`` with its preferred run: one paged query for a whole sweep."""
-    client = client or make_client(config)
+    """Every run_key of ``config.experiment`` with its preferred run: one query for a whole sweep (read from
+    the SQLite file directly when it can be, see `sqlite_ledger`; through MLflow otherwise)."""
+    runs = read_runs(config, RunInfo.from_record) if client is None else None
+    if runs is None:
+        runs = _search_all(client or make_client(config), config)
+    by_key: dict[str, list[RunInfo]] = {}
+    for run in runs:
+        if run.run_key:
+            by_key.setdefault(run.run_key, []).append(run)
+    return {key: _preferred(candidates) for key, candidates in by_key.items()}
+
+
+def _search_all(client: MlflowClient, config: TrackingConfig) -> list[RunInfo]:
+    """Every active run of the experiment through MLflow's paged search."""
     exp_id = experiment_id(client, config, create=False)
     if exp_id is None:
-        return {}
-    by_key: dict[str, list[Run]] = {}
+        return []
+    runs: list[RunInfo] = []
     token = None
     while True:
         page = call_with_retry(
@@ -150,13 +185,10 @@ def find_runs(config: TrackingConfig, *, client: MlflowClient | None = None) -> 
             config=config,
             timeout_s=config.open_timeout_s,
         )
-        for run in page:
-            if key := run.data.tags.get(RUN_KEY_TAG):
-                by_key.setdefault(key, []).append(run)
+        runs += [RunInfo.from_mlflow(run) for run in page]
         token = page.token
         if not token:
-            break
-    return {key: RunInfo.from_mlflow(_preferred(runs)) for key, runs in by_key.items()}
+            return runs
 
 
 def _param_value(value: Any) -> str:
