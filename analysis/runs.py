@@ -10,14 +10,9 @@ counts as tags, the flattened resolved config as params, per-step metrics, ``fin
 ``diagnostics/step_XXXXXXXX.json`` artifacts at every evaluation.
 
 Notable choices:
-- **No pandas.** `mlflow.search_runs` (pandas) reads only the process-global tracking URI;
-  `MlflowClient.search_runs` takes the URI we are given, and its entities go straight into one Polars frame.
-- **Histories from SQL stores are read with one SQL query per chunk of runs** on MLflow's ``metrics`` table,
-  through the DBAPI connection of the store's own engine: ~4 µs per value against ~50 µs through MLflow's
-  entities (measured on SQLite: 3M values in ~13 s, 100k through `get_metric_history_bulk` in 5.6 s), which
-  is what 1,000 runs × 1,000 steps needs. Other stores (an ``http://`` tracking server) go through
-  `MlflowClient.get_metric_history`, a call per run and metric on a few threads (~70 ms a call against a
-  one-worker local server).
+- **No pandas, and SQL where the store is SQL.** analysis/mlflow_read.py reads the store into long Polars
+  frames: plain SQL on MLflow's tables for SQL stores, `MlflowClient` elsewhere (a tracking server); both give
+  the same frames. Histories are read only for the (run, metric) pairs the runs logged.
 - **Repeated steps** (a resumed run re-logs the steps since its last checkpoint) are deduplicated per (run,
   metric, step), keeping the value logged last. MLflow stores NaN with an ``is_nan`` flag and ±inf as ±float
   max; both come back as the non-finite values they were.
@@ -52,6 +47,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
+from analysis.mlflow_read import READERS, Reader, ReaderName, RunParts, client_for, open_reader
+
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
@@ -59,6 +56,7 @@ __all__ = [
     "AMAX_QUANTITIES",
     "HISTORY_METRICS",
     "HISTORY_SCHEMA",
+    "READERS",
     "WARMUP_FRACTION",
     "load_amax_profiles",
     "load_experiment",
@@ -102,10 +100,7 @@ expert_cv and dead_experts per MoE layer."""
 _STEP_TIME_METRICS = ("perf/step_time_s",)
 _SUMMARY_METRICS = ("eval/loss", *_STEP_TIME_METRICS)  # what `load_runs` reads for best loss and step time
 _STATUS_RANK = {"FINISHED": 0, "RUNNING": 1, "SCHEDULED": 2, "FAILED": 3, "KILLED": 3}
-_SQL_CHUNK = 500  # run ids per IN (...) clause: far below SQLite's 32,766 bound variables
-_MLFLOW_MAX_FLOAT = 1.7976931348623157e308  # MLflow's SQL stores write ±inf as ±float max
-_SEARCH_PAGE = 10_000
-_THREADS = 8  # concurrent requests to a tracking server or artifact store
+_THREADS = 8  # concurrent requests to an artifact store
 
 # Tags read into typed columns: name -> dtype. Everything else in `tags` stays in MLflow.
 _TAG_COLUMNS: dict[str, pl.DataType] = {
@@ -150,21 +145,6 @@ _METRIC_COLUMNS = {
 # MLflow access.
 
 
-def _client(tracking_uri: str) -> MlflowClient:
-    """An `MlflowClient` on `tracking_uri`, importing MLflow (seconds) only now, with telemetry off."""
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault(
-        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"
-    )  # a bar per downloaded file otherwise
-    try:
-        from mlflow.tracking import MlflowClient
-    except ImportError as error:  # pragma: no cover - mlflow is a project dependency
-        raise ImportError(
-            "reading runs needs the mlflow package: pip install 'mlflow==3.17.2' (an mhc-ladder dependency)"
-        ) from error
-    return MlflowClient(tracking_uri=tracking_uri)
-
-
 def _experiment_id(client: MlflowClient, tracking_uri: str, experiment: str) -> str:
     """The id of the experiment named (or numbered) `experiment`; ValueError naming the ones that exist."""
     found = client.get_experiment_by_name(experiment)
@@ -179,17 +159,6 @@ def _experiment_id(client: MlflowClient, tracking_uri: str, experiment: str) -> 
             f"no MLflow experiment {experiment!r} in {tracking_uri} (experiments there: {names})"
         )
     return found.experiment_id
-
-
-def _search(client: MlflowClient, experiment_id: str) -> list[Any]:
-    """Every active run of the experiment (all pages)."""
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], max_results=_SEARCH_PAGE, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -211,57 +180,47 @@ def _parse_param(values: pl.Series) -> pl.Series:
     return values
 
 
-def _raw_runs(entities: Sequence[Any], experiment: str) -> pl.DataFrame:
-    """One row per run entity: info, typed tag columns, latest metrics and params (parsed)."""
-    rows, params = [], []
-    for run in entities:
-        tags = run.data.tags
-        if tags.get("sweep_parent") == "true":
-            continue
-        row: dict[str, Any] = {
-            "run_id": run.info.run_id,
-            "run_name": run.info.run_name,
-            "experiment": experiment,
-            "parent_run_id": tags.get("mlflow.parentRunId"),
-            "status": run.info.status,
-            "start_time": run.info.start_time,
-            "end_time": run.info.end_time,
-            "artifact_uri": run.info.artifact_uri,
-        }
-        row.update({name: tags.get(name) for name in _TAG_COLUMNS})
-        row.update({column: run.data.metrics.get(metric) for metric, column in _METRIC_COLUMNS.items()})
-        rows.append(row)
-        params.append(run.data.params)
-    schema: dict[str, pl.DataType] = {
-        "run_id": pl.String(),
-        "run_name": pl.String(),
-        "experiment": pl.String(),
-        "parent_run_id": pl.String(),
-        "status": pl.String(),
-        "start_time": pl.Int64(),
-        "end_time": pl.Int64(),
-        "artifact_uri": pl.String(),
-        **{name: pl.String() for name in _TAG_COLUMNS},
-        **{column: pl.Float64() for column in _METRIC_COLUMNS.values()},
-    }
-    frame = pl.DataFrame(rows, schema=schema, orient="row")
-    frame = frame.with_columns(
-        [
-            pl.col(name).cast(dtype, strict=False)
-            for name, dtype in _TAG_COLUMNS.items()
-            if dtype != pl.String()
-        ]
-        + [pl.col("start_time", "end_time").cast(pl.Datetime("ms"))]
+def _wide(long: pl.DataFrame, names: Iterable[str], dtype: pl.DataType) -> pl.DataFrame:
+    """run_id and a column per name (null where a run lacks the key) from a long run_id, key, value frame."""
+    names = list(names)
+    wide = (
+        long.filter(pl.col("key").is_in(names)).pivot(on="key", index="run_id", values="value")
+        if not long.is_empty()
+        else pl.DataFrame(schema={"run_id": pl.String})
     )
-    names = sorted({name for p in params for name in p})
-    if names:
-        raw = pl.DataFrame(
-            {name: [p.get(name) for p in params] for name in names}, schema=dict.fromkeys(names, pl.String)
+    return wide.with_columns(pl.lit(None, dtype).alias(n) for n in names if n not in wide.columns)
+
+
+def _raw_runs(parts: RunParts, experiment: str) -> pl.DataFrame:
+    """One row per run (the sweep parent left out): info, typed tag columns, latest metrics, parsed params."""
+    tags = _wide(parts.tags, [*_TAG_COLUMNS, "mlflow.parentRunId", "sweep_parent"], pl.String())
+    metrics = _wide(parts.metrics, _METRIC_COLUMNS, pl.Float64()).rename(_METRIC_COLUMNS)
+    frame = (
+        parts.info.join(tags, on="run_id", how="left")
+        .filter(pl.col("sweep_parent").fill_null("") != "true")
+        .join(metrics, on="run_id", how="left")
+        .select(
+            "run_id",
+            "run_name",
+            pl.lit(experiment, pl.String).alias("experiment"),
+            pl.col("mlflow.parentRunId").alias("parent_run_id"),
+            "status",
+            pl.col("start_time", "end_time").cast(pl.Datetime("ms")),
+            "artifact_uri",
+            *(pl.col(name).cast(dtype, strict=False) for name, dtype in _TAG_COLUMNS.items()),
+            *_METRIC_COLUMNS.values(),
         )
-        typed = [_parse_param(raw.get_column(name)) for name in names]
-        typed = [s.alias(f"param.{s.name}") if s.name in frame.columns else s for s in typed]
-        frame = frame.hstack(typed)
-    return frame
+    )
+    params = parts.params.filter(pl.col("run_id").is_in(frame.get_column("run_id").implode()))
+    names = sorted(params.get_column("key").unique())
+    if not names:
+        return frame
+    wide = _wide(params, names, pl.String())
+    typed = wide.select(
+        "run_id",
+        *(_parse_param(wide.get_column(n)).alias(f"param.{n}" if n in frame.columns else n) for n in names),
+    )
+    return frame.join(typed, on="run_id", how="left")
 
 
 def _one_per_key(frame: pl.DataFrame) -> pl.DataFrame:
@@ -405,97 +364,18 @@ def _finish_runs(frame: pl.DataFrame, history: pl.DataFrame) -> pl.DataFrame:
 # Histories.
 
 
-def _sql_engine(client: MlflowClient) -> Any | None:
-    """The SQLAlchemy engine behind a SQL tracking store, or None for other stores."""
-    store = getattr(getattr(client, "_tracking_client", None), "store", None)
-    return getattr(store, "engine", None)
-
-
-def _history_sql(engine: Any, run_ids: list[str], metrics: Sequence[str] | None) -> pl.DataFrame | None:
-    """The rows of MLflow's ``metrics`` table for these runs (and metrics), through the engine's DBAPI
-    connection; None where its parameter style is not one we write (the caller then uses the client)."""
-    mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(engine.dialect.paramstyle)
-    if mark is None:
-        return None
-    keys = list(metrics) if metrics is not None else []
-    key_clause = f" AND key IN ({', '.join([mark] * len(keys))})" if metrics is not None else ""
-    rows: list[Any] = []
-    # The raw DBAPI cursor, not SQLAlchemy rows: building a Row object per value tripled the time (3M values:
-    # 37 s against 13 s on SQLite).
-    connection = engine.raw_connection()
-    try:
-        cursor = connection.cursor()
-        for lo in range(0, len(run_ids), _SQL_CHUNK):
-            chunk = run_ids[lo : lo + _SQL_CHUNK]
-            cursor.execute(
-                "SELECT run_uuid, key, step, timestamp, value, is_nan FROM metrics "
-                f"WHERE run_uuid IN ({', '.join([mark] * len(chunk))}){key_clause}",
-                [*chunk, *keys],
-            )
-            rows.extend(cursor.fetchall())
-    finally:
-        connection.close()
-    frame = pl.DataFrame(
-        rows, schema=["run_id", "metric", "step", "timestamp", "value", "is_nan"], orient="row"
-    ).cast(
-        {
-            "run_id": pl.String,
-            "metric": pl.String,
-            "step": pl.Int64,
-            "timestamp": pl.Int64,
-            "value": pl.Float64,
-            "is_nan": pl.Boolean,
-        }
-    )
-    return frame.with_columns(
-        pl.when(pl.col("is_nan"))
-        .then(float("nan"))
-        .when(pl.col("value") >= _MLFLOW_MAX_FLOAT)
-        .then(float("inf"))
-        .when(pl.col("value") <= -_MLFLOW_MAX_FLOAT)
-        .then(float("-inf"))
-        .otherwise(pl.col("value"))
-        .alias("value")
-    ).drop("is_nan")
-
-
-def _history_client(client: MlflowClient, run_ids: list[str], metrics: Sequence[str] | None) -> pl.DataFrame:
-    """Through the client API (tracking servers): one call per (run, metric), on a few threads."""
-    if metrics is None:
-        runs = {run_id: client.get_run(run_id).data.metrics for run_id in run_ids}
-        pairs = [(run_id, key) for run_id, logged in runs.items() for key in logged]
-    else:
-        pairs = [(run_id, key) for run_id in run_ids for key in metrics]
-    logger.info("reading %d metric histories through the MLflow client (not a SQL store)", len(pairs))
-
-    def one(pair: tuple[str, str]) -> list[tuple]:
-        run_id, key = pair
-        return [(run_id, key, m.step, m.timestamp, m.value) for m in client.get_metric_history(run_id, key)]
-
-    with ThreadPoolExecutor(_THREADS) as pool:
-        rows = [row for part in pool.map(one, pairs) for row in part]
-    return pl.DataFrame(
-        rows,
-        schema={
-            "run_id": pl.String,
-            "metric": pl.String,
-            "step": pl.Int64,
-            "timestamp": pl.Int64,
-            "value": pl.Float64,
-        },
-        orient="row",
-    )
-
-
-def _history(client: MlflowClient, runs: pl.DataFrame, metrics: Sequence[str] | None) -> pl.DataFrame:
-    """The long history of `runs` (with `run_key`, `tokens_per_step`, `flops_per_step` columns)."""
-    run_ids = runs.get_column("run_id").to_list()
-    if (metrics is not None and not metrics) or not run_ids:
+def _history(
+    reader: Reader, runs: pl.DataFrame, logged: pl.DataFrame, metrics: Sequence[str] | None
+) -> pl.DataFrame:
+    """The long history of `runs` (with `run_key`, `tokens_per_step`, `flops_per_step` columns): the values
+    of `metrics` (None: all) each run logged (`logged`: the latest-metrics frame of `RunParts`)."""
+    pairs = logged.filter(
+        pl.col("run_id").is_in(runs.get_column("run_id").implode()),
+        pl.lit(True) if metrics is None else pl.col("key").is_in(list(metrics)),
+    ).select("run_id", pl.col("key").alias("metric"))
+    if pairs.is_empty():
         return pl.DataFrame(schema=HISTORY_SCHEMA)
-    engine = _sql_engine(client)
-    raw = _history_sql(engine, run_ids, metrics) if engine is not None else None
-    if raw is None:
-        raw = _history_client(client, run_ids, metrics)
+    raw = reader.history(pairs)
     # Sorted by (run_key, metric, step, timestamp) through integer keys (run rank, metric as an Enum): a third
     # of the time of sorting the strings at 3M values. The last of a repeated step is its latest.
     constants = (
@@ -528,7 +408,11 @@ def _history(client: MlflowClient, runs: pl.DataFrame, metrics: Sequence[str] | 
 
 
 def load_experiment(
-    tracking_uri: str, experiment: str, metrics: Sequence[str] | None = HISTORY_METRICS
+    tracking_uri: str,
+    experiment: str,
+    metrics: Sequence[str] | None = HISTORY_METRICS,
+    *,
+    reader: ReaderName = "auto",
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The runs frame and the history of `metrics` (None: every logged metric), reading the store once.
 
@@ -539,13 +423,16 @@ def load_experiment(
     validation loss, tokens, FLOPs (true: `final_flops`; 6·N·D: `final_flops_6n`), the per-step constants,
     `epochs` and `repeated_data` (epochs > 1), step-time statistics (median over steps after the warm-up),
     tokens/s and FLOP/s at the median step time, wall time, peak memory, then every param as a column.
+
+    `reader` (`READERS`): "auto" reads SQL stores by SQL and others through the MLflow API; "sql" or "api"
+    force one (analysis/mlflow_read.py; both give the same frames).
     """
-    client = _client(tracking_uri)
-    experiment_id = _experiment_id(client, tracking_uri, experiment)
-    raw = _raw_runs(_search(client, experiment_id), experiment)
-    frame = _per_step_constants(_arm_labels(_one_per_key(raw)))
+    client = client_for(tracking_uri)
+    store = open_reader(client, reader)
+    parts = store.runs(_experiment_id(client, tracking_uri, experiment))
+    frame = _per_step_constants(_arm_labels(_one_per_key(_raw_runs(parts, experiment))))
     wanted = None if metrics is None else list(dict.fromkeys([*metrics, *_SUMMARY_METRICS]))
-    history = _history(client, frame, wanted)
+    history = _history(store, frame, parts.metrics, wanted)
     runs = _finish_runs(frame, history)
     if metrics is not None:
         history = history.filter(pl.col("metric").is_in(list(metrics)))
@@ -582,10 +469,10 @@ def load_amax_profiles(
     """
     if steps not in ("last", "all"):
         raise ValueError(f"steps ({steps!r}) must be 'last' or 'all'")
-    client = _client(tracking_uri)
+    client = client_for(tracking_uri)
     if runs is None:
-        experiment_id = _experiment_id(client, tracking_uri, experiment)
-        runs = _one_per_key(_raw_runs(_search(client, experiment_id), experiment))
+        parts = open_reader(client).runs(_experiment_id(client, tracking_uri, experiment))
+        runs = _one_per_key(_raw_runs(parts, experiment))
     keys = dict(zip(runs.get_column("run_id").to_list(), runs.get_column("run_key").to_list(), strict=True))
     uris = dict(
         zip(runs.get_column("run_id").to_list(), runs.get_column("artifact_uri").to_list(), strict=True)
