@@ -1,15 +1,22 @@
-"""The single-run trainer: one RunSpec in, one tracked, checkpointed, resumable training run out.
+"""The trainer: one RunSpec in, one tracked, checkpointed, resumable training run out, on one worker or many.
 
     result = orchestrator.train.run(spec)
+
+One loop for one process and for many: with ``resources.workers > 1``, `run` starts the workers under Ray
+Train (`orchestrator.distributed.launch`) and each of them runs the same loop with a `Parallel` that says which
+rows of every batch are its own and shards the model (FSDP2, DDP or HSDP). Rank 0 alone talks to MLflow; the
+loss, step time and the final metrics it logs are global (the mean loss over ranks, the slowest rank's peak
+memory), under the same names as a one-process run, plus each rank's peak memory.
 
 Loop per optimizer step: the step's batch (a pure function of (seed, step)), ``grad_accum`` micro-batches of
 forward + backward, gradient clipping, AdamW, the loss-free expert-bias update, metrics to the tracker (buffered;
 the tracker batches them). Every ``eval_every`` steps and at the end: validation loss on fixed windows plus the
 model diagnostics (Amax per layer and composite, doubly-stochastic error, expert load). Every
 ``checkpoint_every`` steps and at the end: an atomic checkpoint of everything the next step depends on (weights
-with the router biases and load counters, optimizer, RNG state, step, divergence state). The schedule is a
-function of the step, and batches a function of (seed, step), so a resumed run repeats an uninterrupted one
-bit for bit on CPU.
+with the router biases and load counters, optimizer, RNG state, step, divergence state) in
+`torch.distributed.checkpoint` format, loadable on any number of workers (`orchestrator.distributed.state`).
+The schedule is a function of the step, and batches a function of (seed, step), so a resumed run repeats an
+uninterrupted one bit for bit on CPU (on the same number of workers).
 
 A non-finite loss, or one above ``divergence_factor`` × the best loss so far, ends the run as FAILED with
 reason ``diverged`` (after logging the step that diverged). Telemetry: step time, tokens/s, achieved FLOP/s
@@ -33,13 +40,16 @@ import torch
 import torch.nn.functional as F
 
 from models import MoETransformer, build_model, collect_diagnostics, count_parameters, flops_per_token
-from orchestrator.checkpoint import latest_checkpoint, run_lock, save_checkpoint
+from models.errors import ConfigError
+from orchestrator.checkpoint import run_lock
 from orchestrator.data import BatchSampler, load_dataset
+from orchestrator.distributed.parallel import Parallel, check_parallel
+from orchestrator.distributed.state import load_train_state, save_train_state
 from orchestrator.runspec import RunSpec
 from orchestrator.schedule import lr_multiplier
 from orchestrator.tracking import RunTracker, find_run
 
-__all__ = ["RunResult", "StepReport", "run"]
+__all__ = ["RunResult", "StepReport", "run", "run_on_worker"]
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +92,8 @@ def _device(spec: RunSpec) -> torch.device:
     wanted = spec.training.device
     if wanted == "auto":
         wanted = "cuda" if torch.cuda.is_available() else "cpu"
+    if wanted == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("training.device ('cuda') needs a GPU, and this process sees none")
     return torch.device(wanted)
 
 
@@ -91,17 +103,19 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _hardware(device: torch.device, threads: int) -> str:
+def _hardware(parallel: Parallel, threads: int) -> str:
     """What the run's timings were measured on: overhead comparisons never mix different hardware."""
+    device = parallel.device
+    workers = f" × {parallel.world_size} workers ({parallel.resources.sharding})" if parallel.distributed else ""
     if device.type == "cuda":
-        return f"cuda:{torch.cuda.get_device_name(device)}"
+        return f"cuda:{torch.cuda.get_device_name(device)}{workers}"
     model = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-    return f"cpu:{model} ({os.cpu_count()} cores, {threads} threads)"
+    return f"cpu:{model} ({os.cpu_count()} cores, {threads} threads){workers}"
 
 
 def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
@@ -155,23 +169,71 @@ def _coordinates(spec: RunSpec) -> dict[str, str]:
     }
 
 
+class _Muted:
+    """The tracker of ranks other than 0: they train and checkpoint, rank 0 alone logs."""
+
+    run_id = None
+
+    def __enter__(self) -> _Muted:
+        return self
+
+    def __exit__(self, *exc: object) -> bool:
+        return False
+
+    def log_metrics(self, metrics: dict, step: int) -> None: ...
+    def log_dict_artifact(self, obj: object, artifact_file: str) -> None: ...
+    def set_tags(self, tags: dict) -> None: ...
+    def finish(self, status: str, failure_reason: str | None = None) -> None: ...
+
+    def flush(self, timeout_s: float | None = None) -> bool:
+        return True
+
+
 def run(
     spec: RunSpec,
     *,
     parent_run_id: str | None = None,
     on_step: Callable[[StepReport], None] | None = None,
     on_eval: Callable[[int, float], bool] | None = None,
+    max_failures: int = 0,
 ) -> RunResult:
     """Train ``spec`` to completion (or divergence), resuming from its newest checkpoint if one exists.
 
     ``on_eval(step, val_loss)`` is called after every evaluation; returning True stops the run there (a tuner's
     pruner): it ends KILLED with reason ``pruned`` and result status PRUNED.
 
+    With ``resources.workers > 1`` the run goes to a Ray Train worker group (Ray is started locally if this
+    process is not connected to a cluster); the callbacks are then pickled and called in the workers
+    (``on_step`` on every rank, ``on_eval`` on rank 0), and ``max_failures`` is how often the group may be
+    restarted from the newest checkpoint after a worker dies.
+
     Holds an exclusive lock on the run directory while training: a second process given the same run (a
     resubmitted sweep while an orphaned worker still trains) waits for the first, then finds it FINISHED.
     """
+    if spec.resources.workers > 1:
+        from orchestrator.distributed.launch import train_on_workers
+
+        [result] = train_on_workers(
+            [spec], parent_run_id=parent_run_id, on_step=on_step, on_eval=on_eval, max_failures=max_failures
+        )
+        return result
+    parallel = Parallel.single(spec.resources, _device(spec))
     with run_lock(spec.run_dir):
-        return _run_locked(spec, parent_run_id, on_step, on_eval)
+        return _run_locked(spec, parallel, parent_run_id, on_step, on_eval)
+
+
+def run_on_worker(
+    spec: RunSpec,
+    parallel: Parallel,
+    *,
+    parent_run_id: str | None = None,
+    on_step: Callable[[StepReport], None] | None = None,
+    on_eval: Callable[[int, float], bool] | None = None,
+) -> RunResult:
+    """`run`'s body on one worker of a group (every rank calls it with its `Parallel`); rank 0 holds the lock."""
+    check_parallel(spec)
+    with run_lock(spec.run_dir) if parallel.is_main else contextlib.nullcontext():
+        return _run_locked(spec, parallel, parent_run_id, on_step, on_eval)
 
 
 class Pruned(Exception):
@@ -180,17 +242,18 @@ class Pruned(Exception):
 
 def _run_locked(
     spec: RunSpec,
+    parallel: Parallel,
     parent_run_id: str | None,
     on_step: Callable[[StepReport], None] | None,
     on_eval: Callable[[int, float], bool] | None,
 ) -> RunResult:
-    existing = find_run(spec.tracking, spec.run_key)
+    existing = parallel.broadcast(find_run(spec.tracking, spec.run_key) if parallel.is_main else None)
     if existing is not None and existing.status == "FINISHED":
         return RunResult(spec.run_key, "FINISHED", steps=0, run_id=existing.run_id, skipped=True)
 
     training = spec.training
     torch.set_num_threads(training.threads)
-    device = _device(spec)
+    device = parallel.device
     dataset = load_dataset(spec.data)
     sampler = BatchSampler(dataset, seed=training.seed)
     val_batches = sampler.validation_batches(training.eval_windows, training.seq_len, training.batch_size)
@@ -198,7 +261,8 @@ def _run_locked(
     flops_step = spec.flops_per_step()
     six_n_step = flops_per_token(spec.model, training.seq_len).six_n * training.tokens_per_step
 
-    model = build_model(spec.model, device=device, seed=training.seed)
+    model = build_model(spec.model, device=device, seed=training.seed)  # the same weights on every rank
+    forward_model = parallel.prepare(model)
     optimizer = torch.optim.AdamW(
         model.parameters(),
         lr=training.lr,
@@ -207,24 +271,27 @@ def _run_locked(
         weight_decay=training.weight_decay,
     )
     start_step, best_loss = 0, math.inf
-    checkpoint = latest_checkpoint(spec.run_dir)
+    checkpoint = load_train_state(parallel, spec.run_dir, model, optimizer)
     if checkpoint is not None:
-        start_step, state = checkpoint
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
-        best_loss = state["best_loss"]
+        start_step, trainer_state = checkpoint
+        best_loss = trainer_state["best_loss"]
         log.info("resuming %s from step %d", spec.run_key, start_step)
-    step_fn = torch.compile(model) if training.compile else model
+    step_fn = torch.compile(forward_model) if training.compile else forward_model
 
     params = count_parameters(spec.model)
-    tracker = RunTracker.open(
-        spec.tracking,
-        run_key=spec.run_key,
-        run_name=spec.name or spec.run_key,
-        tags=_coordinates(spec),
-        params=spec.model_dump(mode="json", exclude={"tracking", "tags"}),
-        parent_run_id=parent_run_id,
+    # Resources are tags, not params: MLflow params are immutable, and a run may resume on other workers.
+    resources = {f"resources.{name}": str(value) for name, value in spec.resources.model_dump().items()}
+    tracker = (
+        RunTracker.open(
+            spec.tracking,
+            run_key=spec.run_key,
+            run_name=spec.name or spec.run_key,
+            tags={**_coordinates(spec), **resources},
+            params=spec.model_dump(mode="json", exclude={"tracking", "tags", "resources"}),
+            parent_run_id=parent_run_id,
+        )
+        if parallel.is_main
+        else _Muted()
     )
     losses: list[float] = []
     val_loss = None
@@ -239,19 +306,10 @@ def _run_locked(
                     "params_activated_non_embedding": str(params.activated_non_embedding),
                     "total_steps": str(total_steps),
                     "device": str(device),
-                    "hardware": _hardware(device, training.threads),
+                    "hardware": _hardware(parallel, training.threads),
                     "unigram_entropy": f"{dataset.metadata.unigram_entropy_nats:.6f}",
                 }
             )
-
-        def checkpoint_state(step: int) -> dict:
-            return {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "rng": torch.get_rng_state(),
-                "step": step,
-                "best_loss": best_loss,
-            }
 
         def evaluate(step: int) -> float:
             loss, summary, profile = _evaluate(model, val_batches, device)
@@ -260,7 +318,8 @@ def _run_locked(
             return loss
 
         started = time.perf_counter()
-        micro = training.batch_size // training.grad_accum
+        rows = parallel.rows(training.batch_size)
+        micro = (rows.stop - rows.start) // training.grad_accum
         try:
             for step in range(start_step, total_steps):
                 step_started = time.perf_counter()
@@ -268,7 +327,7 @@ def _run_locked(
                 for group in optimizer.param_groups:
                     group["lr"] = training.lr * multiplier
                 inputs_BS, targets_BS = sampler.train_batch(step, training.batch_size, training.seq_len)
-                inputs_BS, targets_BS = inputs_BS.to(device), targets_BS.to(device)
+                inputs_BS, targets_BS = inputs_BS[rows].to(device), targets_BS[rows].to(device)
                 step_loss = 0.0
                 for index in range(training.grad_accum):
                     chunk = slice(index * micro, (index + 1) * micro)
@@ -278,14 +337,16 @@ def _run_locked(
                         objective = loss + balance if balance is not None else loss
                     (objective / training.grad_accum).backward()
                     step_loss += loss.item() / training.grad_accum
+                step_loss = parallel.mean(step_loss)  # equal slices: the mean over ranks is the batch's loss
                 if not math.isfinite(step_loss) or step_loss > training.divergence_factor * best_loss:
                     tracker.log_metrics({"train/loss": step_loss}, step + 1)
                     tracker.set_tags({"diverged_step": str(step + 1)})
                     raise Diverged(f"loss {step_loss:.4g} at step {step + 1} (best {best_loss:.4g})")
                 best_loss = min(best_loss, step_loss)
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), training.grad_clip)
+                grad_norm = parallel.clip_grad_norm(list(model.parameters()), training.grad_clip)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+                parallel.sync_expert_load(model)
                 model.update_expert_biases()
                 done = step + 1
                 elapsed = time.perf_counter() - step_started
@@ -295,7 +356,7 @@ def _run_locked(
                     {
                         "train/loss": step_loss,
                         "train/lr": training.lr * multiplier,
-                        "train/grad_norm": grad_norm.item(),
+                        "train/grad_norm": grad_norm,
                         "train/tokens": tokens,
                         "train/epochs": sampler.epochs(tokens),
                         "train/flops": done * flops_step,
@@ -308,21 +369,32 @@ def _run_locked(
                 )
                 if done % training.eval_every == 0 or done == total_steps:
                     val_loss = evaluate(done)
-                    if on_eval is not None and done < total_steps and on_eval(done, val_loss):
+                    if (
+                        on_eval is not None
+                        and done < total_steps
+                        and parallel.broadcast(on_eval(done, val_loss) if parallel.is_main else None)
+                    ):
                         raise Pruned(f"stopped by the caller at step {done} (validation loss {val_loss:.4f})")
                 if done % training.checkpoint_every == 0 or done == total_steps:
                     # Metrics first, then the checkpoint: whatever step a resume starts from, every step before
                     # it is already in the store, so a kill at any moment leaves no gap in the histories.
                     if not tracker.flush(timeout_s=CHECKPOINT_FLUSH_TIMEOUT_S):
                         log.warning("tracking store unreachable at step %d: metrics stay buffered", done)
-                    save_checkpoint(spec.run_dir, done, checkpoint_state(done))
+                    save_train_state(parallel, spec.run_dir, done, model, optimizer, {"best_loss": best_loss})
                 if on_step is not None:
                     on_step(StepReport(done, total_steps, step_loss, training.tokens_per_step / elapsed, val_loss))
         except Diverged as error:
             log.warning("run %s diverged: %s", spec.run_key, error)
             tracker.finish("FAILED", failure_reason="diverged")
-            return RunResult(spec.run_key, "FAILED", steps=step + 1, failure_reason="diverged",
-                             run_id=tracker.run_id, resumed_from=checkpoint and start_step, losses=losses)
+            return RunResult(
+                spec.run_key,
+                "FAILED",
+                steps=step + 1,
+                failure_reason="diverged",
+                run_id=tracker.run_id,
+                resumed_from=checkpoint and start_step,
+                losses=losses,
+            )
         except (torch.cuda.OutOfMemoryError, MemoryError) as error:
             # An infrastructure failure worth a retry (a co-located run, a smaller device): recorded as `oom`
             # rather than the tracker's generic `crashed`, so the ledger says why; the error still propagates.
@@ -333,21 +405,40 @@ def _run_locked(
         except Pruned as error:
             log.info("run %s %s", spec.run_key, error)
             tracker.finish("KILLED", failure_reason="pruned")
-            return RunResult(spec.run_key, "PRUNED", steps=step + 1, final_val_loss=val_loss,
-                             failure_reason="pruned", run_id=tracker.run_id,
-                             resumed_from=checkpoint and start_step, losses=losses)
+            return RunResult(
+                spec.run_key,
+                "PRUNED",
+                steps=step + 1,
+                final_val_loss=val_loss,
+                failure_reason="pruned",
+                run_id=tracker.run_id,
+                resumed_from=checkpoint and start_step,
+                losses=losses,
+            )
         if val_loss is None:  # resumed at the end: the final evaluation is still owed
             val_loss = evaluate(total_steps)
+        peak_mb = parallel.gather(_peak_memory_mb(device))
+        if parallel.distributed:
+            tracker.log_metrics(
+                {f"final/peak_memory_mb_rank{rank}": mb for rank, mb in enumerate(peak_mb)}, total_steps
+            )
         tracker.log_metrics(
             {
                 "final/val_loss": val_loss,
                 "final/wall_time_s": time.perf_counter() - started,
-                "final/peak_memory_mb": _peak_memory_mb(device),
+                "final/peak_memory_mb": max(peak_mb),
                 "final/flops": total_steps * flops_step,
                 "final/tokens": total_steps * training.tokens_per_step,
             },
             total_steps,
         )
         tracker.finish("FINISHED")
-    return RunResult(spec.run_key, "FINISHED", steps=total_steps, final_val_loss=val_loss, run_id=tracker.run_id,
-                     resumed_from=checkpoint and start_step, losses=losses)
+    return RunResult(
+        spec.run_key,
+        "FINISHED",
+        steps=total_steps,
+        final_val_loss=val_loss,
+        run_id=tracker.run_id,
+        resumed_from=checkpoint and start_step,
+        losses=losses,
+    )

@@ -95,11 +95,13 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path, pd_literary_confi
 
 
 def _final_weights(spec: RunSpec) -> dict[str, torch.Tensor]:
-    from orchestrator.checkpoint import latest_checkpoint
+    from models import build_model
+    from orchestrator.checkpoint import latest_complete
+    from orchestrator.distributed import read_model_state
 
-    step, state = latest_checkpoint(spec.run_dir)
+    step, directory = latest_complete(spec.run_dir)
     assert step == spec.total_steps()
-    return state["model"]
+    return read_model_state(directory, build_model(spec.model))
 
 
 def test_killed_and_resumed_run_equals_an_uninterrupted_one_bit_for_bit(tmp_path, pd_literary_config):
