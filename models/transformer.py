@@ -23,6 +23,7 @@ from models.config import ModelConfig
 from models.loss import linear_cross_entropy
 from models.moe import MoE, SwiGLU
 from models.norm import RMSNorm
+from models.recompute import RecomputePlan, run_blocks
 from models.residual import build_connection, collapse_streams, expand_streams
 
 __all__ = ["Block", "MoETransformer", "build_model"]
@@ -60,6 +61,7 @@ class MoETransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(config, index, ops) for index in range(config.num_layers))
         self.final_norm = RMSNorm(config.dim, eps=config.norm_eps)
         self.head = nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.recompute = RecomputePlan()  # activation recomputation: set by `models.recompute.apply_recompute`
 
     def forward(self, tokens_BS: Tensor, targets_BS: Tensor | None = None) -> Tensor:
         """Logits (B, S, V); given ``targets_BS``, the mean cross-entropy instead (fp32, ignore_index −100).
@@ -69,8 +71,7 @@ class MoETransformer(nn.Module):
         """
         rope = self.rope(tokens_BS.shape[1])
         x_BSNC = expand_streams(self.embedding(tokens_BS), self.config.residual.n)
-        for block in self.blocks:
-            x_BSNC = block(x_BSNC, rope)
+        x_BSNC = run_blocks(self.blocks, x_BSNC, rope, self.recompute)
         h_BSC = self.final_norm(collapse_streams(x_BSNC))
         if targets_BS is None:
             return self.head(h_BSC)
