@@ -188,10 +188,11 @@ def _fill(config: BenchStore, folder: Path, uri: str) -> None:
             "unigram_entropy": "7.1",
             "attempt": "1",
         }
-        run_id = client.create_run(experiment_id, tags=tags, start_time=_T0_MS + index * 10**6).info.run_id
+        t0 = _T0_MS + index * 10**6  # runs one after another, as a sweep's runs end at different times
+        run_id = client.create_run(experiment_id, tags=tags, start_time=t0).info.run_id
         values = _history(rng, config.num_steps, final, N, flops_per_token, arm)
         rows = [
-            (name, float(value), _T0_MS + int(step) * 100, run_id, int(step), False)
+            (name, float(value), t0 + int(step) * 100, run_id, int(step), False)
             for name, column in values.items()
             for step, value in zip(steps[:-1], column[:-1], strict=True)
         ]
@@ -209,7 +210,7 @@ def _fill(config: BenchStore, folder: Path, uri: str) -> None:
         if evals.size:
             eval_values["eval/loss"][-1] = final
         rows += [
-            (name, float(value), _T0_MS + int(step) * 100 + 50, run_id, int(step), False)
+            (name, float(value), t0 + int(step) * 100 + 50, run_id, int(step), False)
             for name, column in eval_values.items()
             for step, value in zip(evals[:-1], column[:-1], strict=True)
         ]
@@ -218,15 +219,15 @@ def _fill(config: BenchStore, folder: Path, uri: str) -> None:
         )
         connection.commit()
         last = int(steps[-1])
-        metrics = [Metric(name, float(column[-1]), _T0_MS + last * 100, last) for name, column in values.items()]
+        metrics = [Metric(name, float(column[-1]), t0 + last * 100, last) for name, column in values.items()]
         metrics += [
-            Metric(name, float(column[-1]), _T0_MS + int(evals[-1]) * 100 + 50, int(evals[-1]))
+            Metric(name, float(column[-1]), t0 + int(evals[-1]) * 100 + 50, int(evals[-1]))
             for name, column in eval_values.items()
             if evals.size
         ]
         total_tokens = config.num_steps * _TOKENS_PER_STEP
         metrics += [
-            Metric(name, value, _T0_MS + last * 100 + 99, last)
+            Metric(name, value, t0 + last * 100 + 99, last)
             for name, value in (
                 ("final/val_loss", final),
                 ("final/tokens", float(total_tokens)),
@@ -242,7 +243,7 @@ def _fill(config: BenchStore, folder: Path, uri: str) -> None:
             tags=[RunTag("mlflow.source.name", "analysis/bench_store.py")],
         )
         _write_diagnostics(artifacts / run_id / "artifacts" / "diagnostics", evals, arm)
-        client.set_terminated(run_id, "FINISHED", end_time=_T0_MS + index * 10**6 + last * 100)
+        client.set_terminated(run_id, "FINISHED", end_time=t0 + last * 100)
         if (index + 1) % 100 == 0:
             logger.info("benchmark store: %d of %d runs written", index + 1, len(grid))
     connection.close()

@@ -123,7 +123,7 @@ class Results:
     headline: pl.DataFrame
     """One row per arm: the numbers a reader wants first (see `_headline`)."""
     trials: pl.DataFrame | None = None
-    """Optuna trials (iterations, loss, overhead, ds_error, pareto), when a tuning study fed them."""
+    """A tuning study's trials (orchestrator/tune/results.py `trials_frame`), when the dashboard was given one."""
     notes: tuple[str, ...] = field(default=())
     """What could not be computed and why; what was flagged."""
 
@@ -156,7 +156,7 @@ def analyze(
         experiment: experiment name (or id).
         out_dir: where to write the parquet/JSON results; None writes nothing.
         config: analysis settings (defaults: `AnalysisConfig()`).
-        trials: an Optuna trials frame to carry to the dashboard.
+        trials: a tuning study's trials frame (`trials_frame`) to carry to the dashboard.
     """
     config = config or AnalysisConfig()
     logger.info("reading %s from %s", experiment, tracking_uri)

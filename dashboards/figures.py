@@ -1,5 +1,5 @@
 """Plotly figures of analysis results: scaling curves, loss gap and ratio, compute multiplier, training
-curves, Amax over depth and over training, overhead bars, the stability table and the Optuna panel.
+curves, Amax over depth and over training, overhead bars and the stability table (the tuning panel: tuning.py).
 
 Each function takes the Polars frames of `analysis.report.Results` it draws and only draws them: every number
 on a figure is a value of one of those frames (selected, sorted, never recomputed), so what a page shows is
@@ -16,14 +16,13 @@ import polars as pl
 from plotly.subplots import make_subplots
 
 __all__ = [
-    "OPTUNA_COLUMNS",
     "amax_depth_figure",
     "amax_evolution_figure",
     "arm_colors",
     "gap_figure",
     "loss_curves_figure",
+    "message_figure",
     "multiplier_figure",
-    "optuna_figure",
     "overhead_figure",
     "scaling_figure",
     "stability_table",
@@ -32,8 +31,6 @@ __all__ = [
 TEMPLATE = "plotly_white"
 _KNOWN_COLORS = {"residual": "#4c72b0", "hc": "#dd8452", "mhc": "#55a868", "mhc-lite": "#8172b3"}
 _EXTRA_COLORS = ("#c44e52", "#937860", "#da8bc3", "#8c8c8c", "#ccb974", "#64b5cd")
-OPTUNA_COLUMNS = ("iterations", "loss", "overhead", "ds_error", "pareto")
-"""Columns `optuna_figure` reads from a trials frame (extra columns are ignored)."""
 
 
 def arm_colors(arms: Sequence[str]) -> dict[str, str]:
@@ -47,22 +44,16 @@ def _rgba(color: str, alpha: float) -> str:
     return f"rgba({r},{g},{b},{alpha})"
 
 
-def _message(title: str, text: str) -> go.Figure:
+def message_figure(title: str, text: str) -> go.Figure:
     """A figure that states why there is nothing to draw."""
     fig = go.Figure()
-    fig.add_annotation(
-        text=text, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False, font={"size": 15}
-    )
-    fig.update_layout(
-        template=TEMPLATE, title=title, height=260, xaxis={"visible": False}, yaxis={"visible": False}
-    )
+    fig.add_annotation(text=text, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False, font={"size": 15})
+    fig.update_layout(template=TEMPLATE, title=title, height=260, xaxis={"visible": False}, yaxis={"visible": False})
     return fig
 
 
 def _arms(*frames: pl.DataFrame) -> list[str]:
-    return sorted(
-        {arm for frame in frames if "arm" in frame.columns for arm in frame.get_column("arm").unique()}
-    )
+    return sorted({arm for frame in frames if "arm" in frame.columns for arm in frame.get_column("arm").unique()})
 
 
 def _error(frame: pl.DataFrame, value: str, lower: str, upper: str) -> dict:
@@ -87,7 +78,7 @@ def scaling_figure(runs: pl.DataFrame, frontier: pl.DataFrame, curves: pl.DataFr
         pl.col("status") == "FINISHED", pl.col("final_val_loss").is_not_null(), pl.col("budget").is_not_null()
     )
     if finished.is_empty():
-        return _message(title, "No finished runs with a budget yet: nothing to fit.")
+        return message_figure(title, "No finished runs with a budget yet: nothing to fit.")
     on_frontier = frontier.select("arm", "budget", "size").with_columns(pl.lit(True).alias("on_frontier"))
     points = finished.join(on_frontier, on=["arm", "budget", "size"], how="left").with_columns(
         pl.col("on_frontier").fill_null(False)
@@ -128,9 +119,7 @@ def scaling_figure(runs: pl.DataFrame, frontier: pl.DataFrame, curves: pl.DataFr
             for extrapolated, dash in ((False, "solid"), (True, "dash")):
                 part = curve.filter(pl.col("extrapolated") == extrapolated)
                 if extrapolated and not curve.filter(~pl.col("extrapolated")).is_empty():
-                    part = pl.concat(
-                        [curve.filter(~pl.col("extrapolated")).tail(1), part]
-                    )  # no gap in the line
+                    part = pl.concat([curve.filter(~pl.col("extrapolated")).tail(1), part])  # no gap in the line
                 fig.add_trace(
                     go.Scatter(
                         x=part.get_column("flops"),
@@ -146,9 +135,7 @@ def scaling_figure(runs: pl.DataFrame, frontier: pl.DataFrame, curves: pl.DataFr
         mine = points.filter(pl.col("arm") == arm).sort("final_flops")
         symbols = [
             "x" if rep else ("circle" if front else "circle-open")
-            for rep, front in zip(
-                mine.get_column("repeated_data"), mine.get_column("on_frontier"), strict=True
-            )
+            for rep, front in zip(mine.get_column("repeated_data"), mine.get_column("on_frontier"), strict=True)
         ]
         fig.add_trace(
             go.Scatter(
@@ -179,10 +166,8 @@ def gap_figure(gaps: pl.DataFrame, frontier_gaps: pl.DataFrame) -> go.Figure:
     matching size."""
     title = "Loss gap and loss ratio vs the baseline"
     if gaps.is_empty() and frontier_gaps.is_empty():
-        return _message(title, "No variant run has a baseline run at the same (size, budget, seed) yet.")
-    fig = make_subplots(
-        rows=1, cols=2, subplot_titles=("loss gap  L − L_baseline", "loss ratio  L / L_baseline")
-    )
+        return message_figure(title, "No variant run has a baseline run at the same (size, budget, seed) yet.")
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss gap  L − L_baseline", "loss ratio  L / L_baseline"))
     colors = arm_colors(_arms(gaps, frontier_gaps))
     for arm, color in colors.items():
         for col, (value, lower, upper) in enumerate(
@@ -201,17 +186,13 @@ def gap_figure(gaps: pl.DataFrame, frontier_gaps: pl.DataFrame) -> go.Figure:
                         legendgroup=arm,
                         showlegend=col == 1,
                         customdata=front.select("size", "baseline_size", "num_seeds").rows(),
-                        hovertemplate="budget %{x:.3g}<br>"
-                        + value
-                        + " %{y:.4f}<br>sizes %{customdata[0]} vs "
+                        hovertemplate="budget %{x:.3g}<br>" + value + " %{y:.4f}<br>sizes %{customdata[0]} vs "
                         "%{customdata[1]}, %{customdata[2]} seeds<extra>" + arm + "</extra>",
                     ),
                     row=1,
                     col=col,
                 )
-            for size, cell in (
-                gaps.filter(pl.col("arm") == arm).sort("budget").group_by("size", maintain_order=True)
-            ):
+            for size, cell in gaps.filter(pl.col("arm") == arm).sort("budget").group_by("size", maintain_order=True):
                 fig.add_trace(
                     go.Scatter(
                         x=cell.get_column("budget"),
@@ -223,10 +204,7 @@ def gap_figure(gaps: pl.DataFrame, frontier_gaps: pl.DataFrame) -> go.Figure:
                         name=f"{arm}: size {size[0]}",
                         legendgroup=arm,
                         showlegend=col == 1,
-                        hovertemplate="budget %{x:.3g}<br>"
-                        + value
-                        + " %{y:.4f}<extra>"
-                        + f"{arm} {size[0]}</extra>",
+                        hovertemplate="budget %{x:.3g}<br>" + value + " %{y:.4f}<extra>" + f"{arm} {size[0]}</extra>",
                     ),
                     row=1,
                     col=col,
@@ -242,7 +220,7 @@ def multiplier_figure(multipliers: pl.DataFrame) -> go.Figure:
     """Compute multiplier per arm vs budget with bootstrap intervals (open markers: C* extrapolated)."""
     title = "Compute multiplier: baseline compute reaching the arm's loss, over the budget"
     if multipliers.is_empty():
-        return _message(title, "No compute multiplier: the baseline has no L(C) fit (too little data).")
+        return message_figure(title, "No compute multiplier: the baseline has no L(C) fit (too little data).")
     fig = go.Figure()
     for arm, color in arm_colors(_arms(multipliers)).items():
         mine = multipliers.filter(pl.col("arm") == arm).sort("budget")
@@ -298,9 +276,7 @@ def loss_curves_figure(
     )
     thinned = (
         series.sort("run_key", "step")
-        .with_columns(
-            pl.int_range(pl.len()).over("run_key").alias("_i"), pl.len().over("run_key").alias("_n")
-        )
+        .with_columns(pl.int_range(pl.len()).over("run_key").alias("_i"), pl.len().over("run_key").alias("_n"))
         .filter((pl.col("_i") % (pl.col("_n") // max_points + 1) == 0) | (pl.col("_i") == pl.col("_n") - 1))
         .with_columns(
             (pl.col("status") == "FINISHED").alias("finished"),
@@ -331,9 +307,7 @@ def loss_curves_figure(
                     name=arm if finished else f"{arm} (not finished)",
                     legendgroup=arm,
                     opacity=0.8,
-                    hovertemplate="%{customdata}<br>tokens %{x:.3g}<br>"
-                    + metric
-                    + " %{y:.4f}<extra></extra>",
+                    hovertemplate="%{customdata}<br>tokens %{x:.3g}<br>" + metric + " %{y:.4f}<extra></extra>",
                 )
             )
             trace_arms.append(arm)
@@ -365,23 +339,19 @@ def _pick_size(frame: pl.DataFrame, sizes: pl.DataFrame, size: str | None) -> st
     return ordered[-1] if ordered else None
 
 
-def amax_depth_figure(
-    amax_summary: pl.DataFrame, sizes: pl.DataFrame, *, size: str | None = None
-) -> go.Figure:
+def amax_depth_figure(amax_summary: pl.DataFrame, sizes: pl.DataFrame, *, size: str | None = None) -> go.Figure:
     """Amax gain over depth at the last evaluation, forward (left) and backward (right), per arm at one size
     (default: the largest with profiles): composite solid, per-layer dotted, log axis; means over runs."""
     title = "Amax gain over depth (last evaluation)"
     chosen = _pick_size(amax_summary, sizes, size)
     if chosen is None:
-        return _message(title, "No diagnostics artifacts (diagnostics/step_*.json) found for these runs.")
+        return message_figure(title, "No diagnostics artifacts (diagnostics/step_*.json) found for these runs.")
     at = amax_summary.filter(pl.col("size") == chosen)
     fig = make_subplots(rows=1, cols=2, subplot_titles=("forward", "backward"), shared_yaxes=True)
     for arm, color in arm_colors(_arms(at)).items():
         for col, direction in enumerate(("forward", "backward"), start=1):
             for kind, dash in (("composite", "solid"), ("layer", "dot")):
-                line = at.filter(pl.col("arm") == arm, pl.col("quantity") == f"{kind}_{direction}").sort(
-                    "layer"
-                )
+                line = at.filter(pl.col("arm") == arm, pl.col("quantity") == f"{kind}_{direction}").sort("layer")
                 if line.is_empty():
                     continue
                 fig.add_trace(
@@ -408,24 +378,20 @@ def amax_depth_figure(
     return fig
 
 
-def amax_evolution_figure(
-    amax_evolution: pl.DataFrame, sizes: pl.DataFrame, *, size: str | None = None
-) -> go.Figure:
+def amax_evolution_figure(amax_evolution: pl.DataFrame, sizes: pl.DataFrame, *, size: str | None = None) -> go.Figure:
     """Largest composite Amax over training, forward (left) and backward (right), one line per (arm, budget)
     at one size (default: the largest), mean over seeds, log axes."""
     title = "Largest composite Amax over training"
     chosen = _pick_size(amax_evolution, sizes, size)
     if chosen is None:
-        return _message(title, "No eval/amax_* metrics logged yet.")
+        return message_figure(title, "No eval/amax_* metrics logged yet.")
     at = amax_evolution.filter(pl.col("size") == chosen)
     fig = make_subplots(rows=1, cols=2, subplot_titles=("forward", "backward"), shared_yaxes=True)
     for arm, color in arm_colors(_arms(at)).items():
         mine = at.filter(pl.col("arm") == arm)
         budgets = sorted(b for b in mine.get_column("budget").unique().to_list() if b is not None)
         for rank, budget in enumerate(budgets):
-            for col, metric in enumerate(
-                ("eval/amax_fwd_composite_max", "eval/amax_bwd_composite_max"), start=1
-            ):
+            for col, metric in enumerate(("eval/amax_fwd_composite_max", "eval/amax_bwd_composite_max"), start=1):
                 line = mine.filter(pl.col("budget") == budget, pl.col("metric") == metric).sort("step")
                 if line.is_empty():
                     continue
@@ -465,23 +431,19 @@ def overhead_figure(overhead: pl.DataFrame, sizes: pl.DataFrame) -> go.Figure:
     baseline never ran on that hardware are marked, not drawn."""
     title = "Cost over the baseline (same size, same hardware)"
     if overhead.is_empty():
-        return _message(title, "No finished runs of a variant and the baseline at the same size yet.")
+        return message_figure(title, "No finished runs of a variant and the baseline at the same size yet.")
     order = {s: i for i, s in enumerate(sizes.get_column("size").to_list())}
     hardware = sorted(overhead.get_column("hardware").unique().to_list())
     codes = {name: f"hw{i}" for i, name in enumerate(hardware, start=1)}
     label = (
-        pl.col("size")
-        if len(hardware) == 1
-        else pl.format("{} · {}", "size", pl.col("hardware").replace_strict(codes))
+        pl.col("size") if len(hardware) == 1 else pl.format("{} · {}", "size", pl.col("hardware").replace_strict(codes))
     )
     cells = (
         overhead.with_columns(pl.col("size").replace_strict(order, default=len(order)).alias("_order"))
         .sort("_order", "hardware", "arm")
         .with_columns(label.alias("cell"))
     )
-    legend = (
-        "; ".join(f"{code} = {name}" for name, code in codes.items()) if len(hardware) > 1 else hardware[0]
-    )
+    legend = "; ".join(f"{code} = {name}" for name, code in codes.items()) if len(hardware) > 1 else hardware[0]
     quantities = [q for q in _QUANTITY_TITLES if q in set(cells.get_column("quantity"))]
     fig = make_subplots(
         rows=1, cols=len(quantities), subplot_titles=[f"{_QUANTITY_TITLES[q]} change (%)" for q in quantities]
@@ -566,7 +528,7 @@ def stability_table(stability_arms: pl.DataFrame) -> go.Figure:
     """Per arm: runs, divergences and other failures, spikes, largest composite Amax and DS error."""
     title = "Stability per arm"
     if stability_arms.is_empty():
-        return _message(title, "No runs.")
+        return message_figure(title, "No runs.")
     columns = [c for c in _STABILITY_COLUMNS if c in stability_arms.columns]
     cells = []
     for c in columns:
@@ -592,78 +554,4 @@ def stability_table(stability_arms: pl.DataFrame) -> go.Figure:
         height=150 + 28 * stability_arms.height,
         margin={"t": 50, "b": 10, "l": 10, "r": 10},
     )
-    return fig
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Optuna.
-
-
-def optuna_figure(trials: pl.DataFrame) -> go.Figure:
-    """Sinkhorn tuning: loss against overhead per trial coloured by iterations, the Pareto front joined up
-    (left); doubly-stochastic error against iterations, log axis (right).
-
-    `trials` needs the columns `OPTUNA_COLUMNS`: iterations (Sinkhorn iterations), loss, overhead (%),
-    ds_error, pareto (bool: on the loss/overhead Pareto front).
-    """
-    missing = [c for c in OPTUNA_COLUMNS if c not in trials.columns]
-    if missing:
-        raise ValueError(f"optuna_figure: trials frame lacks columns {missing} (has {trials.columns})")
-    title = "Sinkhorn tuning (Optuna trials)"
-    if trials.is_empty():
-        return _message(title, "No trials yet.")
-    fig = make_subplots(
-        rows=1,
-        cols=2,
-        subplot_titles=("loss vs overhead", "doubly-stochastic error"),
-        horizontal_spacing=0.12,
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=trials.get_column("overhead"),
-            y=trials.get_column("loss"),
-            mode="markers",
-            name="trials",
-            marker={
-                "color": trials.get_column("iterations"),
-                "colorscale": "Viridis",
-                "size": 9,
-                "showscale": True,
-                "colorbar": {"title": "iterations", "x": 1.02},
-            },
-            customdata=trials.select("iterations").rows(),
-            hovertemplate="overhead %{x:.2f}%<br>loss %{y:.4f}<br>%{customdata[0]} iterations<extra></extra>",
-        ),
-        row=1,
-        col=1,
-    )
-    front = trials.filter(pl.col("pareto")).sort("overhead")
-    fig.add_trace(
-        go.Scatter(
-            x=front.get_column("overhead"),
-            y=front.get_column("loss"),
-            mode="lines+markers",
-            name="Pareto front",
-            line={"color": "#c44e52"},
-            marker={"symbol": "diamond-open", "size": 13, "color": "#c44e52"},
-        ),
-        row=1,
-        col=1,
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=trials.get_column("iterations"),
-            y=trials.get_column("ds_error"),
-            mode="markers",
-            name="DS error",
-            marker={"color": "#4c72b0", "size": 8},
-        ),
-        row=1,
-        col=2,
-    )
-    fig.update_xaxes(title="step-time overhead (%)", row=1, col=1)
-    fig.update_yaxes(title="validation loss", row=1, col=1)
-    fig.update_xaxes(title="Sinkhorn iterations", row=1, col=2)
-    fig.update_yaxes(type="log", title="max doubly-stochastic error", row=1, col=2)
-    fig.update_layout(template=TEMPLATE, title=title, height=460, legend={"orientation": "h", "y": -0.2})
     return fig

@@ -30,6 +30,7 @@ import polars as pl
 from plotly.offline import get_plotlyjs
 
 from dashboards import figures
+from dashboards.tuning import tuning_figure
 
 if TYPE_CHECKING:
     from analysis.report import AnalysisConfig, Results
@@ -136,8 +137,7 @@ def _pages(results: Results) -> list[_Page]:
 
 def _document(results: Results, pages: Sequence[_Page], page: _Page, body: list[str]) -> str:
     nav = " ".join(
-        f'<a href="{p.name}.html"{" class=current" if p is page else ""}>{html.escape(p.title)}</a>'
-        for p in pages
+        f'<a href="{p.name}.html"{" class=current" if p is page else ""}>{html.escape(p.title)}</a>' for p in pages
     )
     title = f"{results.experiment} · {page.title}"
     return "\n".join(
@@ -149,8 +149,7 @@ def _document(results: Results, pages: Sequence[_Page], page: _Page, body: list[
             f"<style>{_STYLE}</style>",
             f'<script src="{PLOTLY_JS}" charset="utf-8"></script>',
             "</head><body>",
-            f"<header><strong>mhc-ladder · {html.escape(results.experiment)}</strong>&nbsp;&nbsp; "
-            f"{nav}</header>",
+            f"<header><strong>mhc-ladder · {html.escape(results.experiment)}</strong>&nbsp;&nbsp; {nav}</header>",
             "<main>",
             f"<h1>{html.escape(page.title)}</h1>",
             *body,
@@ -222,9 +221,7 @@ def _table(frame: pl.DataFrame, columns: dict[str, str] | None = None, *, max_ro
     )
 
 
-def _size_sorted(
-    frame: pl.DataFrame, results: Results, *first: str, then: Sequence[str] = ()
-) -> pl.DataFrame:
+def _size_sorted(frame: pl.DataFrame, results: Results, *first: str, then: Sequence[str] = ()) -> pl.DataFrame:
     """Rows by `first`, then by size from small to large (not alphabetically: p16 after p4), then `then`."""
     order = {size: i for i, size in enumerate(results.sizes.get_column("size").to_list())}
     if frame.is_empty() or "size" not in frame.columns:
@@ -247,9 +244,7 @@ def _headline_text(row: dict[str, Any], baseline: str, confidence: float) -> str
     """One paragraph per arm from its `Results.headline` row."""
     arm = html.escape(row["arm"])
     level = f"{100 * confidence:g}% CI"
-    amax = (
-        f"Largest composite Amax: forward {_fmt(row['max_amax_fwd'])}, backward {_fmt(row['max_amax_bwd'])}."
-    )
+    amax = f"Largest composite Amax: forward {_fmt(row['max_amax_fwd'])}, backward {_fmt(row['max_amax_bwd'])}."
     if row["is_baseline"]:
         text = f"<strong>{arm}</strong> (baseline): {row['runs']} runs. {amax}"
         return f'<div class="headline baseline">{text}</div>'
@@ -353,25 +348,16 @@ def _comparison_body(results: Results) -> list[str]:
 
 def _training_body(results: Results) -> list[str]:
     body = [
-        "<p>One line per run, coloured by arm (dotted: not finished); the menu at the top right shows one "
-        "arm.</p>",
+        "<p>One line per run, coloured by arm (dotted: not finished); the menu at the top right shows one arm.</p>",
         _figure(figures.loss_curves_figure(results.history, results.runs, metric="train/loss"), "train-loss"),
     ]
     if not results.history.filter(pl.col("metric") == "eval/loss").is_empty():
-        body.append(
-            _figure(
-                figures.loss_curves_figure(results.history, results.runs, metric="eval/loss"), "eval-loss"
-            )
-        )
+        body.append(_figure(figures.loss_curves_figure(results.history, results.runs, metric="eval/loss"), "eval-loss"))
     return body
 
 
 def _amax_body(results: Results) -> list[str]:
-    sizes = [
-        s
-        for s in results.sizes.get_column("size").to_list()
-        if s in set(results.amax_summary.get_column("size"))
-    ]
+    sizes = [s for s in results.sizes.get_column("size").to_list() if s in set(results.amax_summary.get_column("size"))]
     body = [
         "<p>Amax gain: the largest absolute row sum (forward) or column sum (backward) of the residual "
         "mixing "
@@ -386,9 +372,7 @@ def _amax_body(results: Results) -> list[str]:
                 f"amax-depth-{size}",
             )
         )
-    body.append(
-        _figure(figures.amax_evolution_figure(results.amax_evolution, results.sizes), "amax-evolution")
-    )
+    body.append(_figure(figures.amax_evolution_figure(results.amax_evolution, results.sizes), "amax-evolution"))
     return body
 
 
@@ -419,8 +403,7 @@ def _overhead_body(results: Results) -> list[str]:
 
 def _stability_body(results: Results) -> list[str]:
     rules = "; ".join(
-        f"{r.metric}: > {r.factor:g}× the median of the previous {r.window} values"
-        for r in results.config.spike_rules
+        f"{r.metric}: > {r.factor:g}× the median of the previous {r.window} values" for r in results.config.spike_rules
     )
     failed = results.stability_runs.filter(pl.col("diverged") | pl.col("failure_reason").is_not_null())
     return [
@@ -436,9 +419,44 @@ def _stability_body(results: Results) -> list[str]:
     ]
 
 
+_TRIAL_COLUMNS = {
+    "number": "trial",
+    "state": "state",
+    "outcome": "outcome",
+    "sinkhorn_iters": "iterations",
+    "alpha_init": "α init",
+    "convention": "convention",
+    "n": "n",
+    "lr": "lr",
+    "val_loss": "val loss",
+    "step_time_overhead": "step-time overhead",
+    "ds_error": "DS error",
+    "pareto": "Pareto front",
+    "last_step": "last step",
+    "run_key": "run",
+}
+
+
 def _tuning_body(results: Results) -> list[str]:
     assert results.trials is not None
-    return [_figure(figures.optuna_figure(results.trials), "tuning"), _table(results.trials)]
+    trials = results.trials
+    searched = [
+        c
+        for c in ("alpha_init", "convention", "n", "lr")
+        if c in trials.columns and trials[c].null_count() < trials.height
+    ]
+    columns = {
+        k: v for k, v in _TRIAL_COLUMNS.items() if k not in ("alpha_init", "convention", "n", "lr") or k in searched
+    }
+    front = trials.filter(pl.col("pareto")).sort("number") if "pareto" in trials.columns else trials.clear()
+    return [
+        _figure(tuning_figure(trials), "tuning"),
+        "<h2>Pareto front</h2>",
+        "<p class=meta>Trials no other COMPLETE trial beats on every objective (for one objective: the best).</p>",
+        _table(front, columns),
+        "<h2>Every trial</h2>",
+        _table(trials.sort("number"), columns, max_rows=500),
+    ]
 
 
 def figure_payloads(page: str) -> dict[str, dict]:

@@ -451,15 +451,42 @@ def dashboard(
     out: Annotated[Path, typer.Option(help="Where the HTML pages and parquet/JSON results go.")] = Path(
         "dashboards/out"
     ),
+    study: Annotated[
+        str | None, typer.Option(help="Optuna study for the tuning page (default: the one named like the experiment).")
+    ] = None,
+    storage: Annotated[
+        str | None, typer.Option(help="The study's RDB storage (default: optuna.db beside the tracking store).")
+    ] = None,
 ) -> None:
-    """Polars analysis of an experiment's runs → Plotly HTML dashboard (offline, plotly.js written once)."""
+    """Polars analysis of an experiment's runs → Plotly HTML dashboard (offline, plotly.js written once); a
+    tuning page when a study is given or one is named like the experiment (as `ladder tune` names them)."""
     from dashboards import build_experiment_dashboard
     from orchestrator.tracking import TrackingConfig
 
     uri = tracking_uri or TrackingConfig().uri
+    trials = None
+    if study is not None or storage is not None or _default_study_exists(uri):
+        from orchestrator.tune import TuningError, trials_frame
+        from orchestrator.tune.results import default_storage_url
+
+        url = storage or default_storage_url(uri)
+        try:
+            trials = trials_frame(url, study or experiment)
+        except TuningError as error:
+            if study is not None or storage is not None:
+                _fail(error)  # asked for by name: say why there is none
     with console.status(f"analysing {experiment} in {uri}"):
-        index = build_experiment_dashboard(uri, experiment, out / experiment)
+        index = build_experiment_dashboard(uri, experiment, out / experiment, trials=trials)
     console.print(f"dashboard: {index}")
+
+
+def _default_study_exists(tracking_uri: str) -> bool:
+    """Whether the default Optuna storage file (`default_storage_url`) is there, checked before importing
+    orchestrator.tune (seconds) on every dashboard build."""
+    from orchestrator.tracking.config import sqlite_db_path
+
+    db = sqlite_db_path(tracking_uri)
+    return (db.parent if db is not None else Path.cwd()).joinpath("optuna.db").exists()  # spec.OPTUNA_DB_NAME
 
 
 @app.command("ui")

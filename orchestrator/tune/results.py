@@ -20,13 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from orchestrator.tune.spec import KNOBS, METRICS
+from orchestrator.tracking.config import sqlite_db_path
+from orchestrator.tune.spec import KNOBS, METRICS, OPTUNA_DB_NAME
 from orchestrator.tune.study import OUTCOME, TuningError, masked_url, optuna_module, quiet_optuna
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
-__all__ = ["TRIALS_SCHEMA", "frame_from_trials", "pareto_numbers", "trials_frame"]
+__all__ = ["TRIALS_SCHEMA", "default_storage_url", "frame_from_trials", "pareto_numbers", "trials_frame"]
 
 TRIALS_SCHEMA: dict[str, pl.DataType] = {
     "number": pl.Int64,
@@ -114,3 +115,11 @@ def trials_frame(storage: str, study_name: str) -> pl.DataFrame:
                 f"no study {study_name!r} in {masked_url(storage)}: run `ladder tune SPEC` first"
             ) from None
     return frame_from_trials(study.get_trials(deepcopy=False))
+
+
+def default_storage_url(tracking_uri: str) -> str:
+    """The storage of a tuning spec without ``study.storage`` (`TuningSpec.storage_url`): ``optuna.db`` beside
+    the MLflow SQLite file, or in the working directory for other stores (``ladder dashboard`` looks there)."""
+    db = sqlite_db_path(tracking_uri)
+    folder = db.parent if db is not None else Path.cwd()
+    return f"sqlite:///{(folder / OPTUNA_DB_NAME).absolute()}"

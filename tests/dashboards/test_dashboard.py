@@ -15,7 +15,7 @@ import importlib.util
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -23,19 +23,14 @@ import pytest
 from plotly.offline import get_plotlyjs
 
 from analysis.report import AnalysisConfig, Results, analyze_frames
-from dashboards import PLOTLY_JS, build_dashboard, build_experiment_dashboard, figure_payloads, optuna_figure
+from dashboards import PLOTLY_JS, build_dashboard, build_experiment_dashboard, figure_payloads
+from orchestrator.tune import trials_frame
 
 HARDWARE = "Intel Xeon Platinum 8480C (2 cores)"  # the planted sweep's (tests/analysis/test_runs_compare.py)
 PAGES = ("index", "scaling", "comparison", "training", "amax", "overhead", "stability", "tuning")
-TRIALS = pl.DataFrame(
-    {
-        "iterations": [1, 2, 5, 10, 20, 40],
-        "loss": [3.10, 3.02, 2.96, 2.95, 2.951, 2.949],
-        "overhead": [1.0, 1.6, 3.1, 5.2, 8.4, 15.0],
-        "ds_error": [0.3, 0.1, 1e-2, 1e-3, 1e-5, 1e-8],
-        "pareto": [True, True, True, True, False, True],
-    }
-)
+
+if TYPE_CHECKING:  # the fixture's type (conftest modules are not imported by tests)
+    from tests.dashboards.conftest import TuningStudy
 
 
 def _store_helpers() -> Any:
@@ -50,12 +45,18 @@ def _store_helpers() -> Any:
 
 
 @pytest.fixture(scope="module")
-def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trials(tuning_study: TuningStudy) -> pl.DataFrame:
+    """The trials of the real Optuna study of tests/dashboards/conftest.py."""
+    return trials_frame(tuning_study.storage, tuning_study.name)
+
+
+@pytest.fixture(scope="module")
+def dashboard(tmp_path_factory: pytest.TempPathFactory, trials: pl.DataFrame) -> Path:
     """What ``ladder dashboard`` writes for the planted store (with a tuning study's trials)."""
     store = _store_helpers().synthetic_store(tmp_path_factory)
     config = AnalysisConfig(num_bootstrap=200, chinchilla=False)
     out = tmp_path_factory.mktemp("dashboard")
-    index = build_experiment_dashboard(store.uri, store.experiment, out, config=config, trials=TRIALS)
+    index = build_experiment_dashboard(store.uri, store.experiment, out, config=config, trials=trials)
     assert index == out / "index.html"
     return out
 
@@ -104,9 +105,7 @@ def test_pages_load_nothing_from_the_network(dashboard: Path) -> None:
             assert (dashboard / url).exists(), (name, url)
 
 
-def test_scaling_page_draws_the_fitted_curves_and_bands_of_the_results(
-    dashboard: Path, results: Results
-) -> None:
+def test_scaling_page_draws_the_fitted_curves_and_bands_of_the_results(dashboard: Path, results: Results) -> None:
     figure = figure_payloads(page(dashboard, "scaling"))["scaling"]
     for arm in ("residual", "mhc"):
         curve = results.curves.filter(pl.col("arm") == arm).sort("flops")
@@ -135,18 +134,12 @@ def test_gap_page_draws_the_frontier_gaps_with_their_intervals(dashboard: Path, 
     ratio = trace(figure, "mhc: frontier", xaxis="x2")
     np.testing.assert_array_equal(values(ratio["y"]), gaps.get_column("ratio").to_numpy())
     per_size = results.gaps.filter(pl.col("arm") == "mhc", pl.col("size") == "p4").sort("budget")
-    np.testing.assert_array_equal(
-        values(trace(figure, "mhc: size p4")["y"]), per_size.get_column("gap").to_numpy()
-    )
+    np.testing.assert_array_equal(values(trace(figure, "mhc: size p4")["y"]), per_size.get_column("gap").to_numpy())
     multiplier = trace(figure_payloads(page(dashboard, "comparison"))["multiplier"], "mhc")
-    np.testing.assert_array_equal(
-        values(multiplier["y"]), results.multipliers.sort("budget")["multiplier"].to_numpy()
-    )
+    np.testing.assert_array_equal(values(multiplier["y"]), results.multipliers.sort("budget")["multiplier"].to_numpy())
 
 
-def test_overhead_bars_are_the_overhead_frame_and_flagged_cells_are_marked(
-    dashboard: Path, results: Results
-) -> None:
+def test_overhead_bars_are_the_overhead_frame_and_flagged_cells_are_marked(dashboard: Path, results: Results) -> None:
     figure = figure_payloads(page(dashboard, "overhead"))["overhead"]
     bars = trace(figure, "mhc", xaxis="x")  # step time
     drawn = results.overhead.filter(pl.col("quantity") == "step_time", pl.col("change_pct").is_not_null())
@@ -218,14 +211,18 @@ def test_too_little_data_is_said_in_words_instead_of_drawn(results: Results, tmp
     assert "too little data for L(C)" in page(out, "index") and "No compute multiplier" in page(out, "index")
 
 
-def test_optuna_panel_draws_the_trials_and_joins_the_pareto_front() -> None:
-    figure = optuna_figure(TRIALS)
-    front = trace(figure.to_plotly_json(), "Pareto front")
-    expected = TRIALS.filter(pl.col("pareto")).sort("overhead")
-    np.testing.assert_array_equal(values(front["x"]), expected.get_column("overhead").to_numpy())
-    np.testing.assert_array_equal(values(front["y"]), expected.get_column("loss").to_numpy())
-    with pytest.raises(ValueError, match="lacks columns"):
-        optuna_figure(TRIALS.drop("pareto"))
+def test_tuning_page_draws_the_study_trials_and_lists_its_pareto_front(
+    dashboard: Path, results: Results, tuning_study: TuningStudy
+) -> None:
+    assert results.trials is not None
+    figure = figure_payloads(page(dashboard, "tuning"))["tuning"]
+    complete = results.trials.filter(pl.col("state") == "COMPLETE").sort("number")
+    points = trace(figure, "complete", "x")
+    np.testing.assert_array_equal(values(points["y"]), complete.get_column("val_loss").to_numpy())
+    front = trace(figure, "Pareto front", "x2")
+    assert {row[0] for row in front["customdata"]} == tuning_study.best_numbers
+    table = page(dashboard, "tuning").split("<h2>Pareto front</h2>")[1].split("<h2>")[0]
+    assert table.count("<tr>") == 1 + len(tuning_study.best_numbers)  # header + one row per front trial
 
 
 def test_a_dashboard_rebuilt_from_the_written_data_is_the_same(dashboard: Path, tmp_path: Path) -> None:
