@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -43,6 +42,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 from torch.utils.hooks import RemovableHandle
+
+from models.memory import mhc_group_size
 
 if TYPE_CHECKING:
     from models.transformer import MoETransformer
@@ -61,16 +62,6 @@ class RecomputePlan:
 
     policy: RecomputePolicy = "none"
     group_size: int = 1
-
-
-def region_cost(num_layers: int, n: int, group_size: int) -> int:
-    """Paper Eq. 20 in units of C per token: resident n·⌈L/L_r⌉ plus transient (n+2)·L_r, L_r = 2·group_size."""
-    return n * math.ceil(num_layers / group_size) + (n + 2) * 2 * group_size
-
-
-def mhc_group_size(num_layers: int, n: int) -> int:
-    """Blocks per ``mhc`` region: the whole-block L_r minimising `region_cost` (the smallest on ties)."""
-    return min(range(1, num_layers + 1), key=lambda g: (region_cost(num_layers, n, g), g))
 
 
 # Depth of sublayer (F) calls in progress on this thread: > 0 while an op belongs to attention or the FFN.

@@ -7,7 +7,8 @@ import torch
 
 from models import get_preset
 from models.measure import held_activation_bytes
-from models.recompute import apply_recompute, mhc_group_size, region_cost
+from models.memory import mhc_group_size, region_cost
+from models.recompute import apply_recompute
 from models.transformer import build_model
 
 VARIANTS = [("residual", 1), ("hc", 4), ("mhc", 4), ("mhc-lite", 3)]
