@@ -22,8 +22,15 @@ next submission continues it from its checkpoint whatever its attempt count (whi
 so many cancels leave fewer retries for a later failure).
 
 Points start smallest budget first, at most ``max_concurrent`` at a time. A parent MLflow run per sweep holds
-the sweep file and the summary; every point is a child run of it. Multi-worker points (``workers > 1``, DDP
-under Ray Train) are refused before anything launches: they belong to the scale-out work.
+the sweep file and the summary; every point is a child run of it.
+
+Multi-worker points (``resources.workers > 1``) run the same way, as one Ray task each (counted against
+``max_concurrent``), whose body drives a Ray Train worker group (`orchestrator.distributed.launch`): the task
+itself takes no resources, the group takes ``workers`` × {CPU: cpus, GPU: gpus} as one gang (all workers or
+none, whole GPUs only). A dead worker makes Ray Train restart the group from the newest sharded checkpoint, up
+to the retries the ledger still allows; past them the task fails and the driver records the run as for a
+single worker. A point whose gang can never fit the cluster (more CPUs or GPUs than it has), or whose batch
+does not split over its workers, is refused before anything launches.
 """
 
 from __future__ import annotations
@@ -171,16 +178,21 @@ def _parent_run(tracking: TrackingConfig, sweep: SweepSpec, sweep_file: Path | N
     return tracker.run_id
 
 
-def _check_supported(sweep: SweepSpec, points: list[GridPoint]) -> None:
-    """Refuse what this scheduler cannot run yet, before anything launches."""
+def _check_runnable(sweep: SweepSpec, points: list[GridPoint], cluster: dict[str, float] | None = None) -> None:
+    """Refuse points that can never run, before anything launches: a batch that does not split over the
+    workers, or (given the cluster's resources) a gang larger than the cluster."""
+    from orchestrator.distributed import check_cluster_fits, check_parallel
+
     for point in points:
-        if point.resources.workers > 1:
-            key = point.size if point.size in sweep.resources else "default"
+        key = point.size if point.size in sweep.resources else "default"
+        try:
+            check_parallel(point.spec)
+            if cluster is not None:
+                check_cluster_fits(point.spec, cluster)
+        except ConfigError as error:
             raise ConfigError(
-                f"sweep.resources.{key}.workers ({point.resources.workers}) must be 1: multi-worker (DDP) "
-                "runs under Ray Train are not supported by the scheduler yet; give the size 1 worker with "
-                "more cpus/gpus"
-            )
+                f"grid point {point.spec.run_key} (size {point.size}, sweep.resources.{key}): {error}"
+            ) from error
 
 
 def _on_loopback(address: str) -> bool:
@@ -234,8 +246,9 @@ def connect(address: str | None) -> None:
                  log_to_driver=False)
 
 
-def _train_point(spec_data: dict[str, Any], parent_run_id: str | None) -> dict[str, Any]:
-    """Ray task body: train one RunSpec in this worker process (threads = the CPUs it was granted)."""
+def _train_point(spec_data: dict[str, Any], parent_run_id: str | None, max_failures: int = 0) -> dict[str, Any]:
+    """Ray task body: train one RunSpec in this worker process (threads = the CPUs it was granted), or drive
+    its Ray Train worker group (multi-worker specs; ``max_failures`` group restarts)."""
     started_at, cpu_started = time.time(), time.process_time()
     import ray
 
@@ -251,7 +264,9 @@ def _train_point(spec_data: dict[str, Any], parent_run_id: str | None) -> dict[s
             first["at"] = time.time() - spec.training.tokens_per_step / report.tokens_per_s
             first["step"] = report.step
 
-    result = run(spec, parent_run_id=parent_run_id, on_step=on_step)
+    # A multi-worker run calls on_step in its workers, where this closure's record would be lost.
+    single = spec.resources.workers == 1
+    result = run(spec, parent_run_id=parent_run_id, on_step=on_step if single else None, max_failures=max_failures)
     return {
         "status": result.status,
         "reason": result.failure_reason,
@@ -349,14 +364,17 @@ class _Submission:
         while self.queue and len(self.in_flight) < limit:
             state = self.queue.pop(0)
             point = state.point
-            training = point.spec.training.model_copy(update={"threads": max(1, int(point.resources.cpus))})
+            resources = point.resources
+            training = point.spec.training.model_copy(update={"threads": resources.threads})
             spec = point.spec.model_copy(update={"training": training})
+            # A worker group's gang is reserved by Ray Train; its driving task only waits, taking nothing.
+            grouped = resources.workers > 1
             task = self.remote.options(
-                num_cpus=point.resources.cpus,
-                num_gpus=point.resources.gpus,
+                num_cpus=0 if grouped else resources.cpus,
+                num_gpus=0 if grouped else resources.gpus,
                 max_retries=state.retries_left,
                 retry_exceptions=False,
-            ).remote(spec.model_dump(mode="json"), self.parent_run_id)
+            ).remote(spec.model_dump(mode="json"), self.parent_run_id, state.retries_left if grouped else 0)
             self.in_flight[task] = (point, time.time())
             self.launched += 1
 
@@ -444,15 +462,16 @@ def submit(
 ) -> SweepResult:
     """Run every pending point on Ray and wait for all of them (or a cancel); returns every point's state.
 
-    Raises `ConfigError` for points this scheduler cannot run (``workers > 1``) and `SweepBusyError` when
-    another process is submitting the same sweep; in both cases nothing is launched.
+    Raises `ConfigError` for points that can never run (a gang larger than the cluster, a batch that does not
+    split over its workers) and `SweepBusyError` when another process is submitting the same sweep; in both
+    cases nothing is launched.
     """
     submitted_at = time.time()
     states = plan(sweep, points)
     todo = [s for s in states if s.state in ("pending", "running")]
     if not todo:  # nothing to run: no Ray, no lock (resubmitting a finished sweep is a ledger query)
         return SweepResult(states, launched=0, parent_run_id=None, submitted_at=submitted_at)
-    _check_supported(sweep, [s.point for s in todo])
+    _check_runnable(sweep, [s.point for s in todo])
     control = SweepControl.for_sweep(sweep.name, sweep.storage)
     with control.submitting() as token:
         if token is None:
@@ -460,8 +479,11 @@ def submit(
                 f"sweep {sweep.name!r} is already being submitted ({control.running_submission()}); wait "
                 "for it or stop it with `ladder cancel`"
             )
-        parent_run_id = _parent_run(points[0].spec.tracking, sweep, sweep_file)
         connect(address)
+        import ray
+
+        _check_runnable(sweep, [s.point for s in todo], ray.cluster_resources())
+        parent_run_id = _parent_run(points[0].spec.tracking, sweep, sweep_file)
         submission = _Submission(sweep, todo, control, token, parent_run_id, poll_s)
         cancelled = submission.run(points, on_update)
     final = plan(sweep, points)

@@ -145,26 +145,25 @@ def _worker_loop(config: dict[str, Any]) -> None:
 
     os.environ.pop("MLFLOW_RUN_ID", None)  # an inherited run id overrides parent_run_id (mlflow issue 15713)
     specs = [RunSpec(**data) for data in config["specs"]]
-    resources = specs[0].resources
     device = torch.device("cpu")
-    if resources.gpus:
+    if specs[0].resources.gpus:
         import ray.train.torch
 
         device = ray.train.torch.get_device()
         torch.cuda.set_device(device)
-    parallel = Parallel.join(resources, device)
     results = [
         run_on_worker(
             spec,
-            parallel,
+            Parallel.join(spec.resources, device),  # each spec's own sharding and mesh
             parent_run_id=config["parent_run_id"],
             on_step=config["on_step"],
             on_eval=config["on_eval"],
         )
         for spec in specs
     ]
+    is_main = ray.train.get_context().get_world_rank() == 0
     metrics = {RESULTS_KEY: json.dumps([asdict(result) for result in results])}
-    if not parallel.is_main:
+    if not is_main:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as folder:  # a checkpoint is what attaches rank 0's metrics to the Result
