@@ -104,20 +104,15 @@ class UnitParameters:
 
 
 def unit_parameters(config: ModelConfig) -> UnitParameters:
-    """Per-unit parameter counts, as differences of `count_parameters` over one block more or less."""
-    total = count_parameters(config).total
-    data = config.model_dump()
-    moe_block = dense_block = 0
-    if config.num_moe_layers:
-        fewer = ModelConfig(**{**data, "num_layers": config.num_layers - 1}) if config.num_layers > 1 else None
-        moe_block = total - count_parameters(fewer).total if fewer else total
-    if config.num_dense_layers:
-        layers, dense = config.num_layers - 1, config.num_dense_layers - 1
-        fewer = ModelConfig(**{**data, "num_layers": layers, "num_dense_layers": dense}) if layers else None
-        dense_block = total - count_parameters(fewer).total if fewer else total
-    root = total - config.num_moe_layers * moe_block - config.num_dense_layers * dense_block
-    if config.num_layers == 1:  # a one-block model: the differences above took the root along
-        root = total - count_parameters(ModelConfig(**{**data, "num_layers": 1})).total + root
+    """Per-unit parameter counts, as differences of `count_parameters` between one- and two-block models."""
+
+    def total(num_layers: int, num_dense_layers: int) -> int:
+        fields = {"num_layers": num_layers, "num_dense_layers": num_dense_layers}
+        return count_parameters(ModelConfig(**{**config.model_dump(), **fields})).total
+
+    moe_block = total(2, 0) - total(1, 0)
+    dense_block = total(2, 2) - total(1, 1)
+    root = count_parameters(config).total - config.num_dense_layers * dense_block - config.num_moe_layers * moe_block
     return UnitParameters(root=root, dense_block=dense_block, moe_block=moe_block)
 
 
