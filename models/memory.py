@@ -6,10 +6,11 @@ model, its AdamW optimizer and a measured forward pass (`models.measure`).
 
 State bytes per parameter (AdamW keeps two fp32 moments, m and v):
 
-    precision    where                                param  grad  optimizer                 total
-    fp32         CPU, or CUDA without FSDP (autocast)   4      4    8 (m, v)                  16
-    bf16-mixed   CUDA + FSDP2 MixedPrecisionPolicy      4      4    8 (m, v)                  16  + bf16 gathers
-    bf16         bf16 weights, fp32 master in optim.    2      2    12 (master, m, v)         16
+    precision    where                                param  grad  optimizer          total  activations
+    fp32         CPU                                    4      4    8 (m, v)           16     fp32
+    autocast     CUDA without FSDP (one GPU, DDP)       4      4    8 (m, v)           16     bf16
+    bf16-mixed   CUDA + FSDP2 MixedPrecisionPolicy      4      4    8 (m, v)           16     bf16 (+ bf16 gathers)
+    bf16         bf16 weights, fp32 master in optim.    2      2    12 (master, m, v)  16     bf16
 
 ``bf16-mixed`` is what `orchestrator.distributed` runs on CUDA: sharded fp32 parameters (they are the master
 copy), bf16 all-gathered copies for compute and fp32 gradient reduction. FSDP shards parameters, gradients and
@@ -52,7 +53,7 @@ __all__ = [
     "unit_parameters",
 ]
 
-Precision = Literal["fp32", "bf16-mixed", "bf16"]
+Precision = Literal["fp32", "autocast", "bf16-mixed", "bf16"]
 RecomputePolicy = Literal["none", "block", "mhc"]
 
 FP32 = 4
@@ -75,6 +76,7 @@ class StateBytesPerParameter:
 
 PRECISIONS: dict[Precision, StateBytesPerParameter] = {
     "fp32": StateBytesPerParameter(parameter=4, gradient=4, optimizer=8, compute=4),
+    "autocast": StateBytesPerParameter(parameter=4, gradient=4, optimizer=8, compute=2),
     "bf16-mixed": StateBytesPerParameter(parameter=4, gradient=4, optimizer=8, compute=2),
     "bf16": StateBytesPerParameter(parameter=2, gradient=2, optimizer=12, compute=2),
 }

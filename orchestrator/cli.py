@@ -352,7 +352,7 @@ def submit(
     from rich.live import Live
 
     from models import LadderError
-
+    from orchestrator.planner import check_fits
     from orchestrator.scheduler import plan
     from orchestrator.scheduler import submit as submit_sweep
 
@@ -375,6 +375,7 @@ def submit(
         return
     title = f"{sweep.name} ({sweep_file})"
     try:
+        check_fits(points)  # nothing launches when a GPU point cannot fit its GPUs (`ladder plan` shows why)
         with Live(_sweep_table(title, plan(sweep, points)), console=console, refresh_per_second=2) as live:
             result = submit_sweep(
                 sweep, points, sweep_file=sweep_file, address=address,
@@ -396,6 +397,66 @@ def submit(
         )
         raise typer.Exit(code=SUBMIT_CANCELLED_EXIT)
     if not result.complete:
+        raise typer.Exit(code=1)
+
+
+PLAN_TABLE_WIDTH = 240
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    for scale, suffix in ((86400, "d"), (3600, "h"), (60, "min")):
+        if seconds >= scale:
+            return f"{seconds / scale:.3g} {suffix}"
+    return f"{seconds:.3g} s"
+
+
+@app.command("plan")
+def plan_command(sweep_file: Annotated[Path, typer.Argument(help="Sweep YAML.")]) -> None:
+    """Memory per GPU, GPUs, tokens per step and estimated time of every grid point, before anything launches.
+
+    Memory columns are GB (1e9 bytes) per GPU; activations are the peak of one micro-batch under the point's
+    recompute policy ("act none" without recomputation); "residual" is the n-stream residual's share of the
+    latter. Exit codes: 0 every point fits; 1 some point does not fit its GPUs (named); 2 bad input.
+    """
+    from models import ConfigError
+    from orchestrator.planner import GB, plan_sweep
+
+    sweep, points = _load_sweep_or_fail(sweep_file)
+    try:
+        plans = plan_sweep(points)
+    except ConfigError as error:
+        _fail(error)
+    table = Table(title=f"{sweep.name}: memory plan of {len(plans)} grid points (GB per GPU)")
+    columns = ("run_key", "size", "variant", "workers×gpus", "sharding", "recompute", "micro", "params", "grads",
+               "optim", "buffers", "act", "act none", "residual", "total", "capacity", "fits", "tokens/step",
+               "step", "run")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("run_key", "size", "variant", "sharding") else "right")
+    for plan in plans:
+        spec, resources, memory = plan.point.spec, plan.point.resources, plan.memory
+        residual = spec.model.residual
+        table.add_row(
+            spec.run_key, spec.model.name,
+            residual.variant if residual.variant == "residual" else f"{residual.variant} n={residual.n}",
+            f"{resources.workers}×{resources.gpus}", f"{resources.sharding}/{plan.shard_degree}",
+            resources.recompute, f"{plan.micro_batch_sequences}×{spec.training.grad_accum}",
+            *(f"{value / GB:.1f}" for value in (memory.parameters, memory.gradients, memory.optimizer,
+                                                memory.buffers, memory.activations.peak,
+                                                memory.activations_none.peak, memory.activations_none.residual,
+                                                memory.total)),
+            "-" if plan.capacity_bytes is None else f"{plan.capacity_bytes / GB:.0f}",
+            "[green]yes[/]" if plan.fits else "[red]NO[/]",
+            f"{plan.tokens_per_step:,}", _duration(plan.step_seconds), _duration(plan.run_seconds),
+        )
+    Console(width=max(console.width, PLAN_TABLE_WIDTH)).print(table)  # 20 columns: wider than most terminals
+    too_big = [plan for plan in plans if not plan.fits]
+    if too_big:
+        console.print(f"[red]{len(too_big)} grid point(s) do not fit their GPUs:[/red]", soft_wrap=True)
+        for plan in too_big:
+            need, usable = plan.memory.total / GB, plan.capacity_bytes / GB
+            console.print(f"  {escape(plan.label)}: {need:.1f} GB > {usable:.1f} GB usable", soft_wrap=True)
         raise typer.Exit(code=1)
 
 

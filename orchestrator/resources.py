@@ -11,7 +11,8 @@ Sharding: ``ddp`` replicates the model on every worker; ``fsdp`` shards paramete
 per transformer block (FSDP2 ``fully_shard``) across all workers; ``hsdp`` shards within groups of
 ``workers / replicate`` workers and replicates across ``replicate`` groups. Recompute: ``none`` keeps every
 activation; ``block`` recomputes each transformer block in backward; ``mhc`` recomputes the mHC intermediates in
-blocks of L_r ≈ √(nL/(n+2)) layers (MHC_SPEC §5) and keeps the rest.
+blocks of L_r ≈ √(nL/(n+2)) layers (MHC_SPEC §5) and keeps the rest. ``gpu_memory_gb`` and ``throughput_tflops``
+only inform the planner (`orchestrator.planner`): the memory a point must fit in and its step-time estimate.
 """
 
 from __future__ import annotations
@@ -39,6 +40,15 @@ class Resources(ConfigModel):
     replicate: int = Field(default=1, ge=1, description="hsdp: replica groups (must divide workers).")
     recompute: Literal["none", "block", "mhc"] = Field(
         default="none", description="Activation recomputation: none, every block, or mHC-aware blocks of L_r."
+    )
+    gpu_memory_gb: float = Field(
+        default=80, gt=0, description="Memory of one GPU in GB (1e9 bytes), the capacity `ladder plan` checks against."
+    )
+    throughput_tflops: float | None = Field(
+        default=None,
+        gt=0,
+        description="Achieved training TFLOP/s per GPU (measured) for step-time estimates; default: the "
+        "planner's stated MFU of an H100's bf16 peak on GPUs, no estimate on CPUs.",
     )
 
     @model_validator(mode="after")

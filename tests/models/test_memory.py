@@ -98,7 +98,12 @@ def test_fsdp_units_add_up_to_the_model_and_match_the_built_blocks(preset):
 
 
 def test_every_precision_mode_costs_sixteen_bytes_per_parameter_of_state():
-    assert {name: mode.total for name, mode in PRECISIONS.items()} == {"fp32": 16, "bf16-mixed": 16, "bf16": 16}
+    assert {name: mode.total for name, mode in PRECISIONS.items()} == {
+        "fp32": 16,
+        "autocast": 16,
+        "bf16-mixed": 16,
+        "bf16": 16,
+    }
 
 
 def test_recomputation_lowers_the_peak_and_mhc_keeps_the_n_stream_state_at_region_boundaries_only():
