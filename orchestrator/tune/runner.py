@@ -71,6 +71,8 @@ WORKER_ATTR = "worker"  # host:pid of the process training the trial; None until
 # for 10 distinct trials): the sampler keeps proposing points that already ran.
 MAX_DUPLICATE_STREAK = 50
 MAX_ERROR_LENGTH = 500
+# A worker's answer when its trial was failed by the heartbeat before it could claim it (see `_claim`).
+STALE = "STALE"
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,37 +115,73 @@ class _Parked:
 
 # ---------------------------------------------------------------------------------------------- worker side
 class _Heartbeat:
-    """Records a trial's heartbeat every ``interval_s`` from a daemon thread while the block runs."""
+    """Records the heartbeats of a set of trials every ``interval_s`` from a daemon thread while the block runs.
 
-    def __init__(self, storage: RDBStorage, trial_id: int, interval_s: int) -> None:
-        self._storage, self._trial_id, self._interval = storage, trial_id, interval_s
+    A thread, not the caller's loop: a worker's loop is the trainer, and the driver's loop stalls for seconds at
+    a time on a loaded machine (a settle reads the tracking store, SQLite waits for its lock, Ray is slow to
+    answer). A beat that waited on such a stall let a live trial's heartbeat lapse past ``grace_s``: the trial
+    was failed and retried while it still ran. The set is replaced with `hold` as trials come and go.
+    """
+
+    def __init__(self, storage: RDBStorage, trial_ids: set[int], interval_s: int, name: str) -> None:
+        self._storage, self._interval = storage, interval_s
+        self._held = set(trial_ids)
+        self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"optuna-heartbeat-{trial_id}", daemon=True)
+        self._thread = threading.Thread(target=self._beat, name=name, daemon=True)
+        self._warned: set[int] = set()
+
+    def held(self) -> set[int]:
+        """The trial ids beaten for now."""
+        with self._lock:
+            return set(self._held)
+
+    def hold(self, trial_ids: set[int]) -> None:
+        """Beat for exactly ``trial_ids`` from now on (those newly held get a beat at once)."""
+        with self._lock:
+            new = set(trial_ids) - self._held
+            self._held = set(trial_ids)
+        for tid in new:
+            self._record(tid)
+
+    def _record(self, tid: int) -> None:
+        try:
+            self._storage.record_heartbeat(tid)
+        except Exception as error:  # a locked or unreachable database: the next beat may pass
+            if tid not in self._warned:
+                log.warning("heartbeat of trial id %d failed (%s); retrying every %d s", tid, error, self._interval)
+                self._warned.add(tid)
 
     def _beat(self) -> None:
-        warned = False
-        while not self._stop.is_set():
-            try:
-                self._storage.record_heartbeat(self._trial_id)
-            except Exception as error:  # a locked or unreachable database: the next beat may pass
-                if not warned:
-                    log.warning(
-                        "heartbeat of trial id %d failed (%s); retrying every %d s",
-                        self._trial_id,
-                        error,
-                        self._interval,
-                    )
-                    warned = True
-            self._stop.wait(self._interval)
+        while not self._stop.wait(self._interval):
+            with self._lock:
+                held = sorted(self._held)
+            for tid in held:
+                self._record(tid)
 
     def __enter__(self) -> _Heartbeat:
-        self._storage.record_heartbeat(self._trial_id)
+        with self._lock:
+            held = sorted(self._held)
+        for tid in held:
+            self._storage.record_heartbeat(tid)
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def _claim(storage: RDBStorage, tid: int) -> bool:
+    """Mark the trial as trained by this process (the driver stops beating for it); False if it already
+    finished: the driver's heartbeat lapsed before this worker started, so the trial was failed and a retry
+    with the same run_key took it over (training it here as well would only wait on the run lock)."""
+    optuna = optuna_module()
+    try:
+        storage.set_trial_user_attr(tid, WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+    return True
 
 
 def _trial_task(
@@ -182,8 +220,10 @@ def _trial_task(
                 warned.append(error)
             return False
 
-    with _Heartbeat(storage, tid, heartbeat.interval_s):
-        trial.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
+    with _Heartbeat(storage, {tid}, heartbeat.interval_s, f"optuna-heartbeat-{tid}"):
+        if not _claim(storage, tid):
+            log.warning("trial %d was failed by its heartbeat before this worker started: not training it", number)
+            return {"status": STALE, "reason": None, "run_id": None, "steps": 0}
         result = run(RunSpec(**spec_data), parent_run_id=parent_run_id, on_eval=on_eval)
     return {
         "status": result.status,
@@ -265,7 +305,8 @@ class _Driver:
         self.launched = 0
         self.duplicate_streak = 0
         self.exhausted = False
-        self.last_beat = 0.0
+        # The driver's beats (see `_held`); started by `run` once there is something to run.
+        self.beat = _Heartbeat(self.storage, set(), spec.heartbeat.interval_s, "optuna-driver-heartbeat")
         self.parent_run_id: str | None = None
         self.study_ref = {
             "storage": spec.storage_url,
@@ -281,7 +322,6 @@ class _Driver:
 
         from orchestrator.scheduler import connect
 
-        optuna = optuna_module()
         started = time.monotonic()
         deadline = started + self.spec.budget.timeout_s if self.spec.budget.timeout_s else None
         self._claim_orphans()
@@ -297,12 +337,23 @@ class _Driver:
             self.baseline = measure_run(self.spec.tracking_config, baseline.run_key, baseline.total_steps())
             if self.baseline is None:
                 self._launch_baseline()
+        with self.beat:
+            timed_out = self._loop(deadline)
+        if self.on_update is not None:
+            self.on_update(self.study.get_trials(deepcopy=False))
+        return self._result(timed_out)
+
+    def _loop(self, deadline: float | None) -> bool:
+        """Ask, launch and settle until the study is settled or the deadline passed (returned: timed out)."""
+        import ray
+
+        optuna = optuna_module()
         last_update = 0.0
         while True:
             with quiet_optuna():
                 optuna.storages.fail_stale_trials(self.study)
             trials = self.study.get_trials(deepcopy=False)
-            self._heartbeats(trials)
+            self.beat.hold(self._held(trials))
             timed_out = deadline is not None and time.monotonic() >= deadline
             if not timed_out:
                 self._launch(trials)
@@ -327,10 +378,7 @@ class _Driver:
             if book.running and not timed_out:
                 continue  # another driver's trials, or dead workers' ones on their way to stale and retried
             if not launchable or timed_out:
-                break
-        if self.on_update is not None:
-            self.on_update(self.study.get_trials(deepcopy=False))
-        return self._result(timed_out)
+                return timed_out
 
     def _result(self, timed_out: bool) -> TuneResult:
         book = ledger(self.study.get_trials(deepcopy=False))
@@ -357,23 +405,19 @@ class _Driver:
             if "run_key" not in trial.user_attrs:
                 self.storage.record_heartbeat(trial_id(self.storage, self.spec.study_name, trial.number))
 
-    def _heartbeats(self, trials: list[optuna.trial.FrozenTrial]) -> None:
-        """Beat for trials this driver holds: asked but not claimed by a worker yet, or waiting for the
-        baseline (at half the interval: a beat is a database write)."""
-        if time.monotonic() - self.last_beat < self.spec.heartbeat.interval_s / 2:
-            return
-        self.last_beat = time.monotonic()
+    def _held(self, trials: list[optuna.trial.FrozenTrial]) -> set[int]:
+        """The trial ids this driver beats for: asked but not claimed by a worker yet (a trial missing from
+        ``trials`` was asked after they were read), or finished and waiting for the baseline. A claimed trial
+        is its worker's to beat for, so a killed worker's trial goes stale even while this driver lives."""
         by_number = {t.number: t for t in trials}
+        held = {parked.trial_id for parked in self.parked.values()}
         for task in self.tasks.values():
-            trial = by_number.get(task.number) if task.kind == "trial" else None
-            if (
-                trial is not None
-                and trial.state.name == "RUNNING"
-                and trial.user_attrs.get(WORKER_ATTR) is None
-            ):
-                self.storage.record_heartbeat(task.trial_id)
-        for parked in self.parked.values():
-            self.storage.record_heartbeat(parked.trial_id)
+            if task.kind != "trial" or task.trial_id is None:
+                continue
+            trial = by_number.get(task.number)
+            if trial is None or (trial.state.name == "RUNNING" and trial.user_attrs.get(WORKER_ATTR) is None):
+                held.add(task.trial_id)
+        return held
 
     # -------------------------------------------------------------- launching
     def _slots(self, trials: list[optuna.trial.FrozenTrial]) -> int:
@@ -394,6 +438,7 @@ class _Driver:
             trial = self.study.ask(self.distributions)
         tid = trial_id(self.storage, self.spec.study_name, trial.number)
         self.storage.record_heartbeat(tid)  # from now on a dead driver's trial goes stale
+        self.beat.hold(self.beat.held() | {tid})  # and a live driver's does not, however long its loop stalls
         trial.set_user_attr(WORKER_ATTR, None)
         try:
             spec = self.spec.trial_spec(dict(trial.params), trial.number)
@@ -405,7 +450,9 @@ class _Driver:
             trial.set_user_attr(OUTCOME, "duplicate")
             trial.set_user_attr("duplicate_of", duplicate)
             with quiet_optuna():
-                self.study.tell(trial.number, state=optuna_module().trial.TrialState.FAIL)
+                self.study.tell(
+                    trial.number, state=optuna_module().trial.TrialState.FAIL, skip_if_finished=True
+                )
             self.duplicate_streak += 1
             if self.duplicate_streak >= MAX_DUPLICATE_STREAK:
                 log.warning(
@@ -481,7 +528,9 @@ class _Driver:
             self._settle_baseline(task, outcome)
             return
         status = outcome["status"]
-        if status == "FINISHED":
+        if status == STALE:  # failed by its heartbeat before its worker started; the retry trains the run
+            log.warning("trial %d: failed by its heartbeat before its worker claimed it; retried", task.number)
+        elif status == "FINISHED":
             measurement = measure_run(self.spec.tracking_config, task.spec.run_key, task.spec.total_steps())
             if measurement is None:
                 self._tell_failed(
@@ -496,13 +545,13 @@ class _Driver:
             else:
                 self._tell_complete(task.number, parked)
         elif status == "PRUNED":
-            trial = self._attrs(
-                task.number, {OUTCOME: "pruned", "run_id": outcome["run_id"], "steps": outcome["steps"]}
-            )
-            with quiet_optuna():
-                self.study.tell(trial, state=optuna_module().trial.TrialState.PRUNED, skip_if_finished=True)
-        else:
-            self._attrs(task.number, {"run_id": outcome["run_id"], "steps": outcome["steps"]})
+            attrs = {OUTCOME: "pruned", "run_id": outcome["run_id"], "steps": outcome["steps"]}
+            if self._attrs(task.number, attrs):
+                with quiet_optuna():
+                    self.study.tell(
+                        task.number, state=optuna_module().trial.TrialState.PRUNED, skip_if_finished=True
+                    )
+        elif self._attrs(task.number, {"run_id": outcome["run_id"], "steps": outcome["steps"]}):
             self._tell_failed(task.number, outcome["reason"] or "failed", None)
 
     def _settle_baseline(self, task: _Task, outcome: dict[str, Any]) -> None:
@@ -518,11 +567,26 @@ class _Driver:
                 f"the baseline run {task.spec.run_key} finished but is not FINISHED in the store"
             )
 
-    def _attrs(self, number: int, attrs: dict[str, Any]) -> int:
+    def _attrs(self, number: int, attrs: dict[str, Any]) -> bool:
+        """Set user attributes of a trial this driver is about to tell; False (nothing more to tell) when the
+        trial finished meanwhile. That happens to a trial whose heartbeat lapsed while its worker still ran
+        (a stalled worker or database on a loaded machine): Optuna failed it and queued a retry, and a finished
+        trial refuses every write. Its retry has the same run_key, so it finds this run FINISHED in the
+        tracking store (or resumes it) and is told in its place: the study loses nothing."""
+        optuna = optuna_module()
         tid = trial_id(self.storage, self.spec.study_name, number)
-        for key, value in attrs.items():
-            self.storage.set_trial_user_attr(tid, key, value)
-        return number
+        try:
+            for key, value in attrs.items():
+                self.storage.set_trial_user_attr(tid, key, value)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            state = self.storage.get_trial(tid).state.name
+            log.warning(
+                "trial %d was %s before its result arrived (heartbeat lapse?); its retry will reuse the run",
+                number,
+                state,
+            )
+            return False
+        return True
 
     def _tell_complete(self, number: int, parked: _Parked) -> None:
         metrics = parked.measurement.metrics(self.baseline)
@@ -538,10 +602,11 @@ class _Driver:
             )
         missing = [name for name in self.spec.metrics if name not in metrics]
         if missing:
-            self._attrs(number, {k: v for k, v in attrs.items() if k != OUTCOME})
-            self._tell_failed(number, "error", f"no value for {', '.join(missing)}")
+            if self._attrs(number, {k: v for k, v in attrs.items() if k != OUTCOME}):
+                self._tell_failed(number, "error", f"no value for {', '.join(missing)}")
             return
-        self._attrs(number, attrs)
+        if not self._attrs(number, attrs):
+            return
         with quiet_optuna():
             frozen = self.study.tell(number, self.spec.objective_values(metrics), skip_if_finished=True)
         if frozen.state.name != "COMPLETE":
@@ -556,7 +621,8 @@ class _Driver:
         attrs: dict[str, Any] = {OUTCOME: outcome}
         if detail:
             attrs["error"] = detail[:MAX_ERROR_LENGTH]
-        self._attrs(number, attrs)
+        if not self._attrs(number, attrs):
+            return
         log.warning("trial %d failed: %s%s", number, outcome, f" ({detail})" if detail else "")
         with quiet_optuna():
             self.study.tell(number, state=optuna_module().trial.TrialState.FAIL, skip_if_finished=True)

@@ -1,8 +1,25 @@
 """Tuning studies on a real local Ray, real Optuna SQLite storage and a real MLflow store: parallel trials,
-pruning, duplicates, and a driver or a worker killed mid-study."""
+pruning, duplicates, and a driver or a worker killed mid-study.
 
+The kill tests run on loaded 2-core machines (CI runs two test processes beside other work), so they wait on
+states, never on time: a kill fires when a run directory holds a checkpoint that is not its final one (the
+trainer keeps only the newest two, so no particular step directory can be waited for), every wait has a
+generous deadline, and no assertion is about how long anything took.
+"""
+
+import contextlib
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import optuna
 import polars as pl
@@ -10,7 +27,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
+import orchestrator
+from orchestrator.checkpoint import PREFIX, list_checkpoints
 from orchestrator.cli import app
+from orchestrator.tracking import find_run
 from orchestrator.tune import load_tuning, measure_run, trials_frame, tune
 from orchestrator.tune.runner import MAX_DUPLICATE_STREAK
 
@@ -22,7 +42,7 @@ storage: {storage}
 base:
   model: {{preset: nano, residual: {{variant: mhc, n: 2}}}}
   training: {{budget: {{steps: {steps}}}, batch_size: 8, seq_len: 64, eval_every: 10, eval_windows: 4,
-             checkpoint_every: 10}}
+             checkpoint_every: {checkpoint_every}}}
 heartbeat: {{interval_s: 1, grace_s: 4, max_retry: 2}}
 """
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_ADDRESS": "local"}
@@ -44,10 +64,17 @@ def local_ray():
         ray.shutdown()
 
 
-def _write(tmp_path: Path, cache: Path, name: str, extra: str, steps: int = 20) -> Path:
+def _write(
+    tmp_path: Path, cache: Path, name: str, extra: str, steps: int = 20, checkpoint_every: int = 10
+) -> Path:
     path = tmp_path / f"{name}.yaml"
     text = SPEC.format(
-        name=name, cache=cache, db=tmp_path / "mlruns.db", storage=tmp_path / "runs", steps=steps
+        name=name,
+        cache=cache,
+        db=tmp_path / "mlruns.db",
+        storage=tmp_path / "runs",
+        steps=steps,
+        checkpoint_every=checkpoint_every,
     )
     path.write_text(text + extra)
     return path
@@ -202,3 +229,239 @@ budget: {n_trials: 4, parallelism: 2}
     duplicates = frame.filter(pl.col("outcome") == "duplicate")
     assert duplicates.height >= MAX_DUPLICATE_STREAK and set(duplicates["state"]) == {"FAIL"}
     assert len(_child_runs(spec)) == 2
+
+
+# ------------------------------------------------------------------------------------------- fault injection
+T = TypeVar("T")
+WAIT_S = 300.0  # a deadline for states that a quiet machine reaches in seconds; only a hang should hit it
+
+
+def _wait_for(what: str, probe: Callable[[], T | None], *, interval_s: float = 0.05, context=lambda: "") -> T:
+    """Poll ``probe`` until it returns something other than None (or raises); fail after `WAIT_S` naming
+    ``what`` and ``context()`` (the driver's log, its error)."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        found = probe()
+        if found is not None:
+            return found
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up after {WAIT_S:.0f} s waiting for {what}\n{context()}")
+        time.sleep(interval_s)
+
+
+def _checkpoint_steps(run_dir: Path) -> list[int]:
+    """The steps of the run's checkpoints, newest first (the trainer keeps the newest two)."""
+    return [int(path.name.removeprefix(PREFIX)) for path in list_checkpoints(run_dir)]
+
+
+def _mid_run(run_dir: Path, total_steps: int) -> int | None:
+    """The newest checkpoint's step if the run has one and it is not the final one, else None."""
+    steps = _checkpoint_steps(run_dir)
+    return steps[0] if steps and steps[0] < total_steps else None
+
+
+def _resumed_without_gap(spec, run_key: str, killed_at: float, checkpoint_step: int) -> None:
+    """The run of ``run_key`` is one FINISHED MLflow run on attempt >= 2 whose steps after the kill continue
+    from a checkpoint at or after ``checkpoint_step`` (not from step 1), and whose curve has no gap."""
+    info = find_run(spec.tracking_config, run_key)
+    assert info.status == "FINISHED" and info.attempt >= 2  # the same MLflow run, reopened
+    history = MlflowClient(spec.tracking_config.uri).get_metric_history(info.run_id, "train/loss")
+    after_kill = [m.step for m in history if m.timestamp / 1000 >= killed_at]
+    assert after_kill and min(after_kill) > checkpoint_step, (checkpoint_step, sorted(after_kill)[:3])
+    assert {m.step for m in history} == set(range(1, spec.base_spec.total_steps() + 1))
+
+
+def test_a_worker_killed_mid_trial_fails_by_heartbeat_and_is_retried_from_its_checkpoint(
+    tmp_path, pd_literary_dataset, data_cache_dir, local_ray
+):
+    path = _write(
+        tmp_path,
+        data_cache_dir,
+        "worker-killed",
+        """\
+search:
+  sinkhorn_iters: {low: 0, high: 30}
+objectives: [val_loss, ds_error]
+budget: {n_trials: 1, parallelism: 1}
+""",
+        checkpoint_every=5,  # a kill lands between the first checkpoint and the last: a 15-step window
+    )
+    spec = load_tuning(path)
+    total = spec.base_spec.total_steps()
+    outcome: dict[str, Any] = {}
+    claimed: queue.SimpleQueue = queue.SimpleQueue()
+
+    def watch(trials: list[optuna.trial.FrozenTrial]) -> None:
+        """The driver's own view (no second reader racing the study's creation): a worker claimed a trial."""
+        for trial in trials:
+            attrs = trial.user_attrs
+            if trial.state.name == "RUNNING" and attrs.get("worker") and attrs.get("run_key"):
+                claimed.put((trial.number, dict(trial.params), attrs["worker"], attrs["run_key"]))
+
+    def drive() -> None:
+        try:
+            outcome["result"] = tune(spec, on_update=watch)
+        except BaseException as error:  # surfaced by the asserts below
+            outcome["error"] = error
+
+    driver = threading.Thread(target=drive, daemon=True)
+    driver.start()
+
+    def first_claim() -> tuple | None:
+        with contextlib.suppress(queue.Empty):
+            return claimed.get(timeout=0.5)
+        assert driver.is_alive(), f"the driver ended before a worker claimed a trial: {outcome}"
+        return None
+
+    number, params, worker, run_key = _wait_for("a worker to claim the trial", first_claim)
+    step = _wait_for(
+        "the trial's first checkpoint",
+        lambda: _checkpoint_steps(Path(spec.storage) / run_key)[:1] or None,
+        context=lambda: str(outcome),
+    )[0]
+    assert step < total, "the trial trained to the end before its worker could be killed"
+    killed_at = time.time()
+    os.kill(int(worker.rsplit(":", 1)[1]), signal.SIGKILL)
+    driver.join(timeout=WAIT_S)
+    assert not driver.is_alive() and "error" not in outcome, outcome
+    result = outcome["result"]
+    assert result.finished and (result.complete, result.failed) == (1, 0)
+
+    failed, retry = _study(spec).get_trials()
+    assert failed.number == number and failed.state.name == "FAIL" and failed.params == params
+    assert "outcome" not in failed.user_attrs  # failed by its heartbeat, not told by the driver
+    assert retry.state.name == "COMPLETE" and retry.system_attrs["failed_trial"] == failed.number
+    assert retry.params == failed.params and retry.user_attrs["run_key"] == run_key
+    _resumed_without_gap(spec, run_key, killed_at, step)
+    assert find_run(spec.tracking_config, run_key).tags["optuna_trial"] == str(retry.number)
+    assert len(_child_runs(spec)[run_key]) == 1
+
+
+def _ray_processes(ray_tmpdir: Path) -> list[int]:
+    """Live processes started with RAY_TMPDIR=ray_tmpdir: the driver subprocess's Ray, and only it."""
+    marker = f"RAY_TMPDIR={ray_tmpdir}".encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if marker in (proc / "environ").read_bytes().split(b"\0"):
+                state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state != "Z":
+                    pids.append(int(proc.name))
+        except (OSError, IndexError):  # gone, or not ours to read
+            continue
+    return pids
+
+
+def _kill_ray_of(ray_tmpdir: Path) -> None:
+    """SIGKILL whatever of the subprocess's Ray outlived its driver, and wait until it is gone: an orphaned
+    worker would keep training (and beating for) a trial that the rerun must find dead."""
+    for pid in _ray_processes(ray_tmpdir):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    _wait_for("the killed driver's Ray processes to exit", lambda: None if _ray_processes(ray_tmpdir) else True)
+
+
+def test_killing_the_driver_mid_study_and_rerunning_completes_it_without_duplicates(
+    tmp_path, pd_literary_dataset, data_cache_dir, local_ray
+):
+    path = _write(
+        tmp_path,
+        data_cache_dir,
+        "driver-killed",
+        """\
+search:
+  sinkhorn_iters: {low: 0, high: 30}
+objectives: [val_loss, ds_error]
+budget: {n_trials: 4, parallelism: 2}
+""",
+        checkpoint_every=5,
+    )
+    spec = load_tuning(path)
+    total = spec.base_spec.total_steps()
+    runs_dir = Path(spec.storage)
+    log_path = tmp_path / "driver.log"
+    # Its own Ray temp folder: the driver's embedded Ray is told apart from the fixture's (and anyone's) by it.
+    ray_tmpdir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+    source_root = str(Path(orchestrator.__file__).resolve().parents[1])  # the code this test imported
+    env = {
+        **os.environ,
+        **RAY_ENV,
+        "RAY_TMPDIR": str(ray_tmpdir),
+        "PYTHONPATH": os.pathsep.join(filter(None, [source_root, os.environ.get("PYTHONPATH")])),
+    }
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator", "tune", str(path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=tmp_path,
+            start_new_session=True,  # so the driver and its embedded Ray die together
+        )
+
+    def driver_log() -> str:
+        return f"ladder tune exited {process.poll()}; its output:\n{log_path.read_text(errors='replace')[-6000:]}"
+
+    storage: list[optuna.storages.RDBStorage] = []  # opened once the driver made the file: never beside it
+    seen_complete: list[bool] = []
+
+    def mid_study() -> dict[str, int] | None:
+        """Run keys of runs with a non-final checkpoint, once some trial is COMPLETE (so the rerun must skip a
+        settled trial as well as retry interrupted ones); None while that state is not reached."""
+        assert process.poll() is None, f"the study ended before it could be killed\n{driver_log()}"
+        run_dirs = [d for d in runs_dir.iterdir() if d.is_dir()] if runs_dir.is_dir() else []
+        if not seen_complete and any(_checkpoint_steps(d)[:1] == [total] for d in run_dirs):
+            if not storage:  # the driver's lock waits are long under load; so are this reader's
+                storage.append(
+                    optuna.storages.RDBStorage(spec.storage_url, engine_kwargs={"connect_args": {"timeout": 60}})
+                )
+            with contextlib.suppress(KeyError):  # a run trained to its end: the study exists by now
+                study = optuna.load_study(study_name=spec.study_name, storage=storage[0])
+                if study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+                    seen_complete.append(True)
+        if not seen_complete:
+            return None
+        mid = {d.name: step for d in run_dirs if (step := _mid_run(d, total)) is not None}
+        return mid or None
+
+    try:
+        mid = _wait_for("a complete trial and another one mid-run", mid_study, interval_s=0.1, context=driver_log)
+        killed_at = time.time()
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=WAIT_S)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=WAIT_S)
+        _kill_ray_of(ray_tmpdir)
+        shutil.rmtree(ray_tmpdir, ignore_errors=True)
+    before = {t.number: t for t in _study(spec).get_trials()}
+    interrupted = [
+        t for t in before.values() if t.state.name == "RUNNING" and t.user_attrs.get("run_key") in mid
+    ]
+    assert interrupted, f"no trial was mid-run when the driver was killed: {mid}, {list(before.values())}"
+    settled = {t.number: t.user_attrs["run_key"] for t in before.values() if t.state.name == "COMPLETE"}
+    assert settled
+
+    result = tune(spec)
+    assert result.finished and (result.complete, result.pruned, result.failed) == (4, 0, 0)
+    trials = _study(spec).get_trials()
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 4
+    assert len({t.user_attrs["run_key"] for t in complete}) == 4
+    assert len({t.params["sinkhorn_iters"] for t in complete}) == 4
+    by_number = {t.number: t for t in trials}
+    for number, run_key in settled.items():  # a settled trial stays as it was: never repeated
+        assert by_number[number].state.name == "COMPLETE"
+        assert [t.number for t in complete if t.user_attrs["run_key"] == run_key] == [number]
+    for victim in interrupted:  # failed by its heartbeat, retried with its parameters, and that retry completed
+        assert by_number[victim.number].state.name == "FAIL"
+        retries = [t for t in complete if t.system_attrs.get("failed_trial") == victim.number]
+        assert len(retries) == 1 and retries[0].params == victim.params
+        run_key = victim.user_attrs["run_key"]
+        _resumed_without_gap(spec, run_key, killed_at, mid[run_key])
+    runs = _child_runs(spec)
+    assert set(runs) == {t.user_attrs["run_key"] for t in complete}
+    assert all(len(found) == 1 and found[0].info.status == "FINISHED" for found in runs.values())
