@@ -66,6 +66,51 @@ def test_held_bytes_agree_with_the_saved_tensor_hooks_count_without_recomputatio
     assert held == pytest.approx(saved, rel=0.05)
 
 
+def _sharded_state_worker(rank: int, world_size: int, init_file: str, out: str) -> None:
+    """One FSDP2 rank: shard nano per block and at the root, one AdamW step, record the bytes this rank holds."""
+    import json
+
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        config = _config("p1", "mhc", 4)
+        model = build_model(config, seed=0)
+        mesh = init_device_mesh("cpu", (world_size,))
+        for block in model.blocks:
+            fully_shard(block, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        tokens, targets = _batch(config.vocab_size)
+        model(tokens[rank : rank + 1], targets[rank : rank + 1]).backward()
+        optimizer.step()
+        held = state_bytes(model, optimizer)
+        with open(f"{out}.{rank}", "w") as file:
+            json.dump([held.parameters, held.gradients, held.optimizer], file)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sharded_state_figures_equal_what_each_fsdp2_rank_holds_within_ten_percent(tmp_path):
+    """Two forked gloo ranks; each holds its shards (DTensor local tensors) of parameters, gradients and AdamW."""
+    import json
+
+    import torch.multiprocessing as mp
+
+    out = str(tmp_path / "state")
+    mp.start_processes(_sharded_state_worker, args=(2, str(tmp_path / "init"), out), nprocs=2, start_method="fork")
+    estimate = estimate_memory(_config("p1", "mhc", 4), micro_batch_tokens=SEQ_LEN, shard_degree=2)
+    for rank in range(2):
+        with open(f"{out}.{rank}") as file:
+            parameters, gradients, optimizer = json.load(file)
+        assert estimate.parameters == pytest.approx(parameters, rel=0.10)
+        assert estimate.gradients == pytest.approx(gradients, rel=0.10)
+        assert estimate.optimizer == pytest.approx(optimizer, rel=0.10)
+
+
 def test_sharded_state_divides_by_the_fsdp_degree_and_adds_gather_buffers():
     config = _config("p1", "mhc", 4)
     single = estimate_memory(config, micro_batch_tokens=4096, precision="bf16-mixed")

@@ -118,3 +118,46 @@ def test_mhc_group_size_is_the_whole_block_optimum_of_the_paper_cost(num_layers,
     assert all(region_cost(num_layers, n, blocks) <= region_cost(num_layers, n, g) for g in range(1, num_layers + 1))
     continuous = math.sqrt(n * 2 * num_layers / (n + 2))  # L_r* ≈ √(nL/(n+2)), L in sublayers
     assert abs(2 * blocks - continuous) <= 2
+
+
+def _fsdp_worker(rank: int, world_size: int, init_file: str, policy: str, out: str) -> None:
+    """One rank: the policy first, then FSDP2 per block and at the root (as the trainer does), half the batch."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        config = get_preset("nano").with_residual(variant="mhc", n=4)
+        model = build_model(config, seed=0)
+        apply_recompute(model, policy, group_size=2 if policy == "mhc" else None)
+        mesh = init_device_mesh("cpu", (world_size,))
+        for block in model.blocks:
+            fully_shard(block, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        tokens, targets = _batch(config.vocab_size, batch=2 * world_size)
+        rows = slice(2 * rank, 2 * rank + 2)
+        model(tokens[rows], targets[rows]).backward()  # FSDP averages the gradients over the ranks
+        grads = {name: p.grad.full_tensor() for name, p in model.named_parameters()}
+        if rank == 0:
+            torch.save(grads, out)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("policy", ["block", "mhc"])
+def test_fsdp2_sharding_after_recomputation_gives_the_one_process_gradients(policy, tmp_path):
+    """Two gloo ranks (forked), FSDP2 applied after the policy, vs one unsharded process without recomputation.
+    Tolerance: only the fp32 order of the two-rank gradient average differs (≈ 1e-7 relative)."""
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "grads.pt"
+    mp.start_processes(_fsdp_worker, args=(2, str(tmp_path / "init"), policy, str(out)), nprocs=2, start_method="fork")
+    config = get_preset("nano").with_residual(variant="mhc", n=4)
+    model = build_model(config, seed=0)
+    tokens, targets = _batch(config.vocab_size, batch=4)
+    model(tokens, targets).backward()
+    sharded = torch.load(out)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(sharded[name], p.grad, rtol=1e-5, atol=1e-7, msg=name)
