@@ -187,6 +187,58 @@ def bench_train(
     console.print(table)
 
 
+@bench_app.command("distributed")
+def bench_distributed(
+    preset: Annotated[str, typer.Option(help="Model preset.")] = "p1",
+    residual: ResidualOpt = "mhc",
+    n: StreamsOpt = None,
+    workers: Annotated[int, typer.Option(help="Data-parallel workers (1 CPU, 1 thread each).")] = 2,
+    steps: Annotated[int, typer.Option(help="Steps per configuration (the first 2 are warm-up).")] = 12,
+    batch_size: Annotated[int, typer.Option(help="Global batch (sequences per step), the same everywhere.")] = 16,
+    seq_len: Annotated[int, typer.Option(help="Tokens per sequence.")] = 128,
+    cache_dir: Annotated[str, typer.Option(help="Data cache (the corpus builds there once).")] = "./.ladder-cache",
+    csv_path: Annotated[Path, typer.Option("--csv", help="Append long-format rows here.")] = Path(
+        "benchmarks/results/distributed.csv"
+    ),
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the configurations and exit.")] = False,
+) -> None:
+    """Step time of N data-parallel workers (FSDP, DDP; gloo on CPU) vs one process, same global batch."""
+    import os
+    import tempfile
+
+    from orchestrator.bench_distributed import append_csv, benchmark_specs, run_distributed_benchmark
+    from orchestrator.data import DataConfig
+
+    stream = {"variant": residual, "n": n if n is not None else (1 if residual == "residual" else 4)}
+    data = DataConfig(vocab_size=8192, cache_dir=cache_dir)
+    if dry_run:
+        with tempfile.TemporaryDirectory() as scratch:
+            specs = benchmark_specs(preset, stream, data=data, root=Path(scratch), workers=workers, steps=steps,
+                                    batch_size=batch_size, seq_len=seq_len)
+        table = Table(title=f"would time {preset} ({residual}, n={stream['n']}), {steps} steps each")
+        for column in ("config", "workers", "threads/process", "global batch", "tokens/step"):
+            table.add_column(column, justify="right")
+        for label, spec in specs.items():
+            table.add_row(label, str(spec.resources.workers), str(spec.training.threads), str(batch_size),
+                          f"{spec.training.tokens_per_step:,}")
+        console.print(table)
+        return
+    with console.status(f"timing {preset}: one process, then {workers} workers on Ray Train"):
+        rows = run_distributed_benchmark(preset, stream, data=data, workers=workers, steps=steps,
+                                         batch_size=batch_size, seq_len=seq_len)
+    load = os.getloadavg()[0]
+    table = Table(title=f"{preset} ({residual}, n={stream['n']}): step time, batch {batch_size}×{seq_len}, "
+                        f"CPU gloo loopback, load {load:.1f} on {os.cpu_count()} cores")
+    for column in ("config", "ms/step", "tokens/s", "peak MB", "vs 1 proc 1 thread", f"vs 1 proc {workers} threads"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(row.config, f"{row.step_ms:.1f}", f"{row.tokens_per_s:,.0f}", f"{row.peak_memory_mb:,.0f}",
+                      f"{row.ratio_same_threads:.2f}×", f"{row.ratio_same_cores:.2f}×")
+    console.print(table)
+    append_csv(rows, csv_path, preset=preset, residual=stream)
+    console.print(f"rows appended to {csv_path}")
+
+
 @bench_app.command("orchestrator")
 def bench_orchestrator(
     sweep_file: Annotated[
@@ -292,7 +344,8 @@ def train(
             progress.update(task, completed=report.step, status=status)
 
         try:
-            result = run(spec, on_step=on_step)
+            # A multi-worker run calls on_step in its workers: no live bar there, the final line only.
+            result = run(spec, on_step=on_step if spec.resources.workers == 1 else None)
         except LadderError as error:
             _fail(error)
     if result.skipped:

@@ -1,8 +1,8 @@
 """Multi-worker training on a real Ray Train worker group (2 CPU workers, gloo) against one process.
 
-Starting a worker group costs tens of seconds on a 2-core machine, so the 2-worker runs the assertions need
-share launches: one group trains every residual variant with FSDP plus mHC with DDP and HSDP (module fixture),
-one is killed and restarted, and one runs through the sweep scheduler.
+Starting a worker group costs tens of seconds on a 2-core machine, so the 2-worker runs share launches: one
+group (module fixture) trains a run whose worker is killed mid-run (the group restarts once), every residual
+variant with FSDP, and mHC with DDP and HSDP; one more runs through the sweep scheduler.
 
 Tolerance: 2 FSDP workers and one process do the same arithmetic except the order of two fp32 reductions (the
 gradient average over ranks after each rank's mean over its half of the batch, versus one mean over the whole
@@ -91,17 +91,34 @@ def one_process(root, pd_literary_config) -> dict[str, tuple]:
     return {variant: (spec, run(spec)) for variant, spec in specs.items()}
 
 
+def _kill_rank_one_once(marker: Path, at_step: int):
+    """An on_step that SIGKILLs rank 1's worker process at ``at_step``, the first time only."""
+
+    def on_step(report: StepReport) -> None:
+        import ray.train
+
+        if report.step == at_step and ray.train.get_context().get_world_rank() == 1 and not marker.exists():
+            marker.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return on_step
+
+
 @pytest.fixture(scope="module")
 def two_workers(root, pd_literary_config, local_ray) -> dict[str, tuple]:
-    """Every variant with 2 FSDP workers, and mHC with DDP and 2-way replicated HSDP, in one worker group."""
+    """One worker group (max_failures=1) trains, in order: mHC with a worker killed at step 3 (the group restarts
+    and resumes it), every variant with FSDP, and mHC with DDP and with 2-way replicated HSDP."""
     specs = {
+        "killed": _spec(root, pd_literary_config, "killed", workers=2),
         **{
             variant: _spec(root, pd_literary_config, "fsdp", variant=variant, n=n, workers=2) for variant, n in VARIANTS
         },
         "ddp": _spec(root, pd_literary_config, "ddp", workers=2, sharding="ddp"),
         "hsdp": _spec(root, pd_literary_config, "hsdp", workers=2, sharding="hsdp", replicate=2),
     }
-    results = train_on_workers(list(specs.values()))
+    kill = _kill_rank_one_once(root / "killed-once", at_step=3)
+    results = train_on_workers(list(specs.values()), on_step=kill, max_failures=1)
+    assert (root / "killed-once").exists()
     return {name: (spec, result) for (name, spec), result in zip(specs.items(), results, strict=True)}
 
 
@@ -155,31 +172,17 @@ def test_a_two_worker_checkpoint_resumes_in_one_process(root, pd_literary_config
     assert all(torch.allclose(weights[k], sharded_weights[k], rtol=1e-4, atol=1e-6) for k in weights)
 
 
-def _kill_rank_one_once(marker: Path, at_step: int):
-    """An on_step that SIGKILLs rank 1's worker process at ``at_step``, the first time only."""
-
-    def on_step(report: StepReport) -> None:
-        import ray.train
-
-        if report.step == at_step and ray.train.get_context().get_world_rank() == 1 and not marker.exists():
-            marker.touch()
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return on_step
-
-
-def test_a_killed_worker_restarts_the_group_from_the_sharded_checkpoint(root, pd_literary_config, two_workers):
+def test_a_killed_worker_restarts_the_group_from_the_sharded_checkpoint(two_workers):
+    spec, result = two_workers["killed"]
     uninterrupted = two_workers["mhc"][1]
-    spec = _spec(root, pd_literary_config, "killed", workers=2)
-    marker = root / "killed-once"
-    [result] = train_on_workers([spec], on_step=_kill_rank_one_once(marker, at_step=3), max_failures=1)
-    assert marker.exists()
     assert result.status == "FINISHED" and result.resumed_from == 2  # checkpoints every 2 steps; killed at 3
     assert result.losses == pytest.approx(uninterrupted.losses[2:], rel=1e-6)
     assert result.final_val_loss == pytest.approx(uninterrupted.final_val_loss, rel=1e-6)
     client = MlflowClient(spec.tracking.uri)
     runs = client.search_runs([client.get_experiment_by_name("killed").experiment_id])
     assert [r.info.status for r in runs] == ["FINISHED"] and runs[0].data.tags["attempt"] == "2"
+    history = {m.step: m.value for m in client.get_metric_history(runs[0].info.run_id, "train/loss")}
+    assert [history[step] for step in range(1, STEPS + 1)] == pytest.approx(uninterrupted.losses, rel=1e-6)
     assert [p.name for p in list_checkpoints(spec.run_dir)] == ["step-00000006", "step-00000004"]
 
 
@@ -215,7 +218,7 @@ def test_the_scheduler_runs_a_two_worker_point_exactly_once(tmp_path, data_cache
     again = submit(sweep, points, sweep_file=path)
     assert again.launched == 0 and again.complete
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
-    runs = client.search_runs([client.get_experiment_by_name(sweep.experiment).experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name(points[0].spec.tracking.experiment).experiment_id])
     children = [r for r in runs if r.data.tags.get("sweep_parent") != "true"]
     assert [r.info.status for r in children] == ["FINISHED"]
     assert children[0].data.tags["run_key"] == points[0].spec.run_key
