@@ -231,6 +231,39 @@ budget: {n_trials: 4, parallelism: 2}
     assert len(_child_runs(spec)) == 2
 
 
+def test_a_result_for_a_trial_its_heartbeat_already_failed_is_dropped_not_raised(tmp_path, data_cache_dir):
+    """Under load a live trial's heartbeat can lapse: Optuna fails it and queues a retry, and then its worker's
+    result arrives. Writing that result raised UpdateFinishedTrialError and killed the driver (`ladder tune`
+    exited 1); it must be dropped (the retry reuses the run), and a worker must not claim such a trial."""
+    from orchestrator.tune.measure import RunMeasurement
+    from orchestrator.tune.runner import _claim, _Driver, _Parked
+    from orchestrator.tune.study import quiet_optuna, trial_id
+
+    path = _write(
+        tmp_path,
+        data_cache_dir,
+        "lapsed",
+        "search:\n  sinkhorn_iters: {low: 0, high: 30}\nobjectives: [val_loss, ds_error]\nbudget: {n_trials: 3}\n",
+    )
+    spec = load_tuning(path)
+    driver = _Driver(spec, spec_file=None, address=None, poll_s=0.1, on_update=None)
+    with quiet_optuna():
+        trials = [driver.study.ask(driver.distributions) for _ in range(3)]
+    ids = [trial_id(driver.storage, spec.study_name, t.number) for t in trials]
+    for tid in ids:  # what `fail_stale_trials` does to a trial whose heartbeat lapsed
+        driver.storage.set_trial_state_values(tid, state=optuna.trial.TrialState.FAIL)
+
+    measurement = RunMeasurement("run", val_loss=3.0, ds_error=1e-4, step_time_s=0.1, hardware="cpu")
+    parked = _Parked(ids[0], spec.trial_spec(trials[0].params, trials[0].number), measurement, steps=20)
+    driver._tell_complete(trials[0].number, parked)
+    driver._tell_failed(trials[1].number, "diverged", None)
+    assert not _claim(driver.storage, ids[2])
+
+    stored = _study(spec).get_trials()
+    assert [t.state.name for t in stored] == ["FAIL"] * 3
+    assert all("outcome" not in t.user_attrs and "worker" not in t.user_attrs for t in stored)
+
+
 # ------------------------------------------------------------------------------------------- fault injection
 T = TypeVar("T")
 WAIT_S = 300.0  # a deadline for states that a quiet machine reaches in seconds; only a hang should hit it
