@@ -10,13 +10,17 @@ One driver process (``ladder tune SPEC``) loops:
   3. settle finished tasks: FINISHED → read the metrics back from the tracking store → ``study.tell`` (held
      until the baseline's step time is known when the overhead is an objective); PRUNED → tell PRUNED;
      diverged or an exception → tell FAIL; a worker that died → nothing: its heartbeat stops and step 1
-     retries the trial, whose RunSpec has the same run_key, so the trainer resumes its checkpoint.
+     retries the trial, whose RunSpec has the same run_key, so the trainer resumes its checkpoint. A result
+     for a trial that the heartbeat failed meanwhile (a worker or database stalled past ``grace_s``) is
+     dropped with a warning, never raised: its retry finds the run FINISHED in the tracking store.
 
 The worker reports each evaluation's validation loss with ``trial.report`` and asks ``trial.should_prune()``
 (single objective only) through the trainer's ``on_eval``; it loads the trial from the storage by number,
 so any worker on any node can run any trial. Heartbeats: the driver records them from ``ask`` until the worker
 claims the trial (user attribute ``worker``), the worker while it trains, the driver again while a finished
-trial waits for the baseline.
+trial waits for the baseline; each from a thread of its own, so a busy trainer or a stalled driver loop does
+not let a live trial lapse. A worker finding its trial already failed (the driver's beats lapsed before the
+worker started) does not train it: the retry does.
 
 Resume: the same command continues the study. Settled trials are never repeated; trials of a driver that died
 go stale and are retried (resuming their checkpoints, or finding their runs FINISHED and costing nothing);
