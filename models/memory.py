@@ -45,6 +45,7 @@ __all__ = [
     "ActivationMemory",
     "MemoryEstimate",
     "Precision",
+    "RecomputePolicy",
     "StateBytesPerParameter",
     "activation_memory",
     "estimate_memory",
@@ -54,7 +55,7 @@ __all__ = [
 ]
 
 Precision = Literal["fp32", "autocast", "bf16-mixed", "bf16"]
-RecomputePolicy = Literal["none", "block", "mhc"]
+RecomputePolicy = Literal["none", "block", "mhc"]  # `models.recompute` implements them
 
 FP32 = 4
 INT64 = 8
@@ -188,7 +189,7 @@ class ActivationMemory:
 
     resident: int  # kept from forward to backward
     transient: int  # a block's or region's recomputed activations, live during its backward
-    residual: int  # the n-stream residual's share of the no-recompute activations (state + coefficients)
+    residual: int  # the residual streams' share without recomputation: x_l (n·C), mixes and coefficients
 
     @property
     def peak(self) -> int:
@@ -201,24 +202,31 @@ def activation_memory(
     """Activation bytes of a forward pass over ``tokens`` tokens (one micro-batch) under ``recompute``."""
     C, n, act = config.dim, config.residual.n, act_bytes
     attention, connection = _attention(config, act), _connection(config, act)
-    kinds = [(config.num_dense_layers, _dense_ffn(config, act)), (config.num_moe_layers, _moe(config, act))]
-    block_saved = {id(ffn): attention.saved + ffn.saved + 2 * connection for _, ffn in kinds}
-    largest_block = max(block_saved[id(ffn)] for count, ffn in kinds if count)
+    ffns = [
+        (count, ffn)
+        for count, ffn in (
+            (config.num_dense_layers, _dense_ffn(config, act)),
+            (config.num_moe_layers, _moe(config, act)),
+        )
+        if count
+    ]
+    # A block: its two sublayers and their two residual connections.
+    blocks = [
+        (count, attention.saved + ffn.saved + 2 * connection, attention.cached + ffn.cached) for count, ffn in ffns
+    ]
     # Final norm input, the head's input gradient (computed in forward), and the head's weight gradient.
     tail = tokens * act * 2 * C + act * config.vocab_size * C
-    stream_state = FP32 * n * C if config.residual.variant != "residual" else act * C
-    residual = tokens * config.num_sublayers * (connection if n > 1 else 0)
+    residual = tokens * config.num_sublayers * connection
     if recompute == "none":
-        resident = tokens * sum(count * block_saved[id(ffn)] for count, ffn in kinds) + tail
+        resident = tokens * sum(count * saved for count, saved, _ in blocks) + tail
         return ActivationMemory(resident=resident, transient=0, residual=residual)
     group = 1 if recompute == "block" else mhc_group_size(config.num_layers, n)
     regions = math.ceil(config.num_layers / group)
-    # The first region's input is the embedding output, before the streams are copied.
+    stream_state = act * C if config.residual.variant == "residual" else FP32 * n * C
+    # Each region keeps its input; the first region's is the embedding output, before the streams are copied.
     inputs = tokens * (act * C + (regions - 1) * stream_state)
-    cached = 0
-    if recompute == "mhc":
-        cached = tokens * sum(count * (attention.cached + ffn.cached) for count, ffn in kinds)
-    transient = tokens * group * largest_block
+    cached = tokens * sum(count * cached for count, _, cached in blocks) if recompute == "mhc" else 0
+    transient = tokens * group * max(saved for _, saved, _ in blocks)
     return ActivationMemory(resident=inputs + cached + tail, transient=transient, residual=residual)
 
 

@@ -36,21 +36,20 @@ import contextvars
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 from torch.utils.hooks import RemovableHandle
 
-from models.memory import mhc_group_size
+from models.memory import RecomputePolicy, mhc_group_size
 
 if TYPE_CHECKING:
     from models.transformer import MoETransformer
 
 __all__ = ["RecomputePlan", "RecomputePolicy", "apply_recompute", "mhc_group_size", "run_blocks"]
 
-RecomputePolicy = Literal["none", "block", "mhc"]
 POLICIES: tuple[RecomputePolicy, ...] = ("none", "block", "mhc")
 
 Rope = tuple[Tensor, Tensor]
