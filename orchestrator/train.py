@@ -217,6 +217,8 @@ def run(
             [spec], parent_run_id=parent_run_id, on_step=on_step, on_eval=on_eval, max_failures=max_failures
         )
         return result
+    if spec.resources.gpus and not torch.cuda.is_available():
+        raise ConfigError(f"resources.gpus ({spec.resources.gpus}) asks for a GPU, and this process sees none")
     parallel = Parallel.single(spec.resources, _device(spec))
     with run_lock(spec.run_dir):
         return _run_locked(spec, parallel, parent_run_id, on_step, on_eval)

@@ -241,5 +241,8 @@ def test_bad_parallel_configs_name_the_field(tmp_path, pd_literary_config):
     uneven = _spec(tmp_path, pd_literary_config, "bad", workers=3)
     with pytest.raises(ConfigError, match=r"training.batch_size \(8\) must be divisible by resources.workers \(3\)"):
         check_parallel(uneven)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match=r"resources.gpus \(1\) asks for a GPU"):
+            run(_spec(tmp_path, pd_literary_config, "bad", gpus=1))
     with pytest.raises(ConfigError, match=r"resources.cpus \(4\) × resources.workers \(2\) needs 8 CPUs"):
         check_cluster_fits(_spec(tmp_path, pd_literary_config, "bad", workers=2, cpus=4), {"CPU": 2.0})
