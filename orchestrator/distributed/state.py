@@ -16,8 +16,10 @@ filesystem), as it already must be for a single-worker run that resumes on anoth
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,14 @@ __all__ = ["TRAINER_FILE", "load_train_state", "read_model_state", "save_train_s
 TRAINER_FILE = "trainer.json"
 
 
+@contextlib.contextmanager
+def _single_process_quietly() -> Iterator[None]:
+    """DCP warns on every call without a process group that it assumes one process: here that is the intent."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
 def save_train_state(
     parallel: Parallel,
     run_dir: Path,
@@ -47,8 +57,7 @@ def save_train_state(
     staging = parallel.broadcast(str(staging_dir(run_dir, step)) if parallel.is_main else None)
     model_state, optimizer_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optimizer": optimizer_state, "rng": torch.get_rng_state()}
-    with warnings.catch_warnings():  # DCP warns on every single-process save that it is single-process
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+    with _single_process_quietly():
         dcp.save(state, checkpoint_id=staging, no_dist=not parallel.distributed)
     if parallel.is_main:
         (Path(staging) / TRAINER_FILE).write_text(json.dumps(trainer))
@@ -68,7 +77,8 @@ def load_train_state(
     # The templates say what to read and where it goes: this process's shards, in its own layout.
     model_state, optimizer_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optimizer": optimizer_state, "rng": torch.get_rng_state()}
-    dcp.load(state, checkpoint_id=directory, no_dist=not parallel.distributed)
+    with _single_process_quietly():
+        dcp.load(state, checkpoint_id=directory, no_dist=not parallel.distributed)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
     torch.set_rng_state(state["rng"])
     return step, json.loads((Path(directory) / TRAINER_FILE).read_text())
@@ -80,5 +90,6 @@ def read_model_state(directory: Path, model: nn.Module) -> dict[str, torch.Tenso
     ``model`` (for example ``build_model(config, "meta")`` materialised on CPU) supplies the names and shapes.
     """
     state = {"model": model.state_dict()}
-    dcp.load(state, checkpoint_id=directory, no_dist=True)
+    with _single_process_quietly():
+        dcp.load(state, checkpoint_id=directory, no_dist=True)
     return state["model"]

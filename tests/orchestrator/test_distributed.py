@@ -26,7 +26,15 @@ from mlflow.tracking import MlflowClient
 from models import build_model
 from models.errors import ConfigError
 from orchestrator.checkpoint import latest_complete, list_checkpoints
-from orchestrator.distributed import check_cluster_fits, check_parallel, read_model_state, train_on_workers
+from orchestrator.distributed import (
+    Parallel,
+    check_cluster_fits,
+    check_parallel,
+    load_train_state,
+    read_model_state,
+    save_train_state,
+    train_on_workers,
+)
 from orchestrator.resources import Resources
 from orchestrator.runspec import RunSpec
 from orchestrator.scheduler import connect, plan, submit
@@ -105,9 +113,13 @@ def _kill_rank_one_once(marker: Path, at_step: int):
 
 
 @pytest.fixture(scope="module")
-def two_workers(root, pd_literary_config, local_ray) -> dict[str, tuple]:
+def two_workers(root, pd_literary_config, local_ray, one_process) -> dict[str, tuple]:
     """One worker group (max_failures=1) trains, in order: mHC with a worker killed at step 3 (the group restarts
-    and resumes it), every variant with FSDP, and mHC with DDP and with 2-way replicated HSDP."""
+    and resumes it), every variant with FSDP, mHC with DDP, with 2-way replicated HSDP, with FSDP and mHC-aware
+    recomputation, and mHC resumed with FSDP from the one-process run's step-4 checkpoint."""
+    from_one = _spec(root, pd_literary_config, "from-one", workers=2)
+    single_dir = one_process["mhc"][0].run_dir
+    shutil.copytree(single_dir / "step-00000004", from_one.run_dir / "step-00000004")
     specs = {
         "killed": _spec(root, pd_literary_config, "killed", workers=2),
         **{
@@ -115,6 +127,8 @@ def two_workers(root, pd_literary_config, local_ray) -> dict[str, tuple]:
         },
         "ddp": _spec(root, pd_literary_config, "ddp", workers=2, sharding="ddp"),
         "hsdp": _spec(root, pd_literary_config, "hsdp", workers=2, sharding="hsdp", replicate=2),
+        "recompute": _spec(root, pd_literary_config, "recompute", workers=2, recompute="mhc"),
+        "from-one": from_one,
     }
     kill = _kill_rank_one_once(root / "killed-once", at_step=3)
     results = train_on_workers(list(specs.values()), on_step=kill, max_failures=1)
@@ -139,6 +153,19 @@ def test_ddp_and_hsdp_train_like_fsdp(two_workers):
         assert result.losses == pytest.approx(fsdp.losses, rel=RTOL), name
         tags = MlflowClient(spec.tracking.uri).get_run(result.run_id).data.tags
         assert tags["resources.sharding"] == name and f"× 2 workers ({name})" in tags["hardware"]
+
+
+def test_mhc_recomputation_under_fsdp_changes_no_loss(two_workers):
+    spec, result = two_workers["recompute"]
+    assert result.losses == pytest.approx(two_workers["mhc"][1].losses, rel=RTOL)
+    assert MlflowClient(spec.tracking.uri).get_run(result.run_id).data.tags["resources.recompute"] == "mhc"
+
+
+def test_a_one_process_checkpoint_resumes_on_two_workers(one_process, two_workers):
+    single = one_process["mhc"][1]
+    _, resumed = two_workers["from-one"]
+    assert resumed.status == "FINISHED" and resumed.resumed_from == 4
+    assert resumed.losses == pytest.approx(single.losses[4:], rel=RTOL)
 
 
 def test_rank_zero_alone_logs_the_one_process_metrics_plus_memory_per_rank(one_process, two_workers):
@@ -246,3 +273,17 @@ def test_bad_parallel_configs_name_the_field(tmp_path, pd_literary_config):
             run(_spec(tmp_path, pd_literary_config, "bad", gpus=1))
     with pytest.raises(ConfigError, match=r"resources.cpus \(4\) × resources.workers \(2\) needs 8 CPUs"):
         check_cluster_fits(_spec(tmp_path, pd_literary_config, "bad", workers=2, cpus=4), {"CPU": 2.0})
+
+
+def test_a_damaged_shard_falls_back_to_the_previous_checkpoint(tmp_path):
+    model = build_model(RunSpec(model={"preset": "nano"}).model)
+    optimizer = torch.optim.AdamW(model.parameters())
+    parallel = Parallel.single(Resources(), torch.device("cpu"))
+    for step in (2, 4):
+        save_train_state(parallel, tmp_path, step, model, optimizer, {"best_loss": float(step)})
+    shard = next((tmp_path / "step-00000004").glob("*.distcp"))
+    with shard.open("r+b") as handle:
+        handle.seek(100)
+        handle.write(b"\x00garbage\x00")
+    assert latest_complete(tmp_path)[0] == 2
+    assert load_train_state(parallel, tmp_path, model, optimizer) == (2, {"best_loss": 2.0})
