@@ -9,7 +9,6 @@ generous deadline, and no assertion is about how long anything took.
 
 import contextlib
 import os
-import queue
 import shutil
 import signal
 import subprocess
@@ -80,8 +79,14 @@ def _write(
     return path
 
 
+def _storage(spec) -> optuna.storages.RDBStorage:
+    """The study's storage for a reader beside live writers: it waits up to 60 s for SQLite's lock, as the
+    driver and the workers do, not sqlite3's default 5 s (a loaded machine holds locks longer)."""
+    return optuna.storages.RDBStorage(spec.storage_url, engine_kwargs={"connect_args": {"timeout": 60}})
+
+
 def _study(spec) -> optuna.Study:
-    return optuna.load_study(study_name=spec.study_name, storage=spec.storage_url)
+    return optuna.load_study(study_name=spec.study_name, storage=_storage(spec))
 
 
 def _child_runs(spec) -> dict[str, list]:
@@ -321,38 +326,32 @@ budget: {n_trials: 1, parallelism: 1}
     )
     spec = load_tuning(path)
     total = spec.base_spec.total_steps()
+    runs_dir = Path(spec.storage)
     outcome: dict[str, Any] = {}
-    claimed: queue.SimpleQueue = queue.SimpleQueue()
-
-    def watch(trials: list[optuna.trial.FrozenTrial]) -> None:
-        """The driver's own view (no second reader racing the study's creation): a worker claimed a trial."""
-        for trial in trials:
-            attrs = trial.user_attrs
-            if trial.state.name == "RUNNING" and attrs.get("worker") and attrs.get("run_key"):
-                claimed.put((trial.number, dict(trial.params), attrs["worker"], attrs["run_key"]))
 
     def drive() -> None:
         try:
-            outcome["result"] = tune(spec, on_update=watch)
+            outcome["result"] = tune(spec)
         except BaseException as error:  # surfaced by the asserts below
             outcome["error"] = error
 
     driver = threading.Thread(target=drive, daemon=True)
     driver.start()
 
-    def first_claim() -> tuple | None:
-        with contextlib.suppress(queue.Empty):
-            return claimed.get(timeout=0.5)
-        assert driver.is_alive(), f"the driver ended before a worker claimed a trial: {outcome}"
+    def first_checkpoint() -> tuple[str, int] | None:
+        """(run_key, step) once the one trial's run directory holds a checkpoint. The directory exists only
+        after a worker claimed the trial, so the study exists by then: no reader races its creation."""
+        assert driver.is_alive(), f"the driver ended before the trial checkpointed: {outcome}"
+        for run_dir in runs_dir.iterdir() if runs_dir.is_dir() else []:
+            if steps := _checkpoint_steps(run_dir):
+                return run_dir.name, steps[0]
         return None
 
-    number, params, worker, run_key = _wait_for("a worker to claim the trial", first_claim)
-    step = _wait_for(
-        "the trial's first checkpoint",
-        lambda: _checkpoint_steps(Path(spec.storage) / run_key)[:1] or None,
-        context=lambda: str(outcome),
-    )[0]
+    run_key, step = _wait_for("the trial's first checkpoint", first_checkpoint, context=lambda: str(outcome))
     assert step < total, "the trial trained to the end before its worker could be killed"
+    (victim,) = _study(spec).get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    assert victim.user_attrs["run_key"] == run_key
+    number, params, worker = victim.number, victim.params, victim.user_attrs["worker"]
     killed_at = time.time()
     os.kill(int(worker.rsplit(":", 1)[1]), signal.SIGKILL)
     driver.join(timeout=WAIT_S)
@@ -446,10 +445,8 @@ budget: {n_trials: 4, parallelism: 2}
         assert process.poll() is None, f"the study ended before it could be killed\n{driver_log()}"
         run_dirs = [d for d in runs_dir.iterdir() if d.is_dir()] if runs_dir.is_dir() else []
         if not seen_complete and any(_checkpoint_steps(d)[:1] == [total] for d in run_dirs):
-            if not storage:  # the driver's lock waits are long under load; so are this reader's
-                storage.append(
-                    optuna.storages.RDBStorage(spec.storage_url, engine_kwargs={"connect_args": {"timeout": 60}})
-                )
+            if not storage:  # opened once, and only now: the driver created the file and its tables
+                storage.append(_storage(spec))
             with contextlib.suppress(KeyError):  # a run trained to its end: the study exists by now
                 study = optuna.load_study(study_name=spec.study_name, storage=storage[0])
                 if study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
