@@ -30,7 +30,8 @@ itself takes no resources, the group takes ``workers`` × {CPU: cpus, GPU: gpus}
 none, whole GPUs only). A dead worker makes Ray Train restart the group from the newest sharded checkpoint, up
 to the retries the ledger still allows; past them the task fails and the driver records the run as for a
 single worker. A point whose gang can never fit the cluster (more CPUs or GPUs than it has), or whose batch
-does not split over its workers, is refused before anything launches.
+does not split over its workers, is refused before anything launches (on a cluster given by ``--address``,
+whose autoscaler may add nodes, the size check only warns).
 """
 
 from __future__ import annotations
@@ -193,6 +194,19 @@ def _check_runnable(sweep: SweepSpec, points: list[GridPoint], cluster: dict[str
             raise ConfigError(
                 f"grid point {point.spec.run_key} (size {point.size}, sweep.resources.{key}): {error}"
             ) from error
+
+
+def _check_cluster(sweep: SweepSpec, points: list[GridPoint], *, embedded: bool) -> None:
+    """Refuse gangs larger than the embedded Ray (its resources are fixed); on a cluster, whose autoscaler may
+    still add nodes, only warn that such points wait."""
+    import ray
+
+    try:
+        _check_runnable(sweep, points, ray.cluster_resources())
+    except ConfigError as error:
+        if embedded:
+            raise
+        log.warning("%s; the points wait for the cluster to grow (an autoscaler) or forever", error)
 
 
 def _on_loopback(address: str) -> bool:
@@ -480,9 +494,7 @@ def submit(
                 "for it or stop it with `ladder cancel`"
             )
         connect(address)
-        import ray
-
-        _check_runnable(sweep, [s.point for s in todo], ray.cluster_resources())
+        _check_cluster(sweep, [s.point for s in todo], embedded=not address)
         parent_run_id = _parent_run(points[0].spec.tracking, sweep, sweep_file)
         submission = _Submission(sweep, todo, control, token, parent_run_id, poll_s)
         cancelled = submission.run(points, on_update)

@@ -29,11 +29,14 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from models.errors import ConfigError, LadderError
 from orchestrator.distributed.parallel import check_parallel
 from orchestrator.runspec import RunSpec
+
+if TYPE_CHECKING:
+    from orchestrator.train import RunResult, StepReport
 
 __all__ = ["WorkerGroupFailedError", "check_cluster_fits", "train_on_workers"]
 
@@ -80,13 +83,14 @@ def train_on_workers(
     specs: list[RunSpec],
     *,
     parent_run_id: str | None = None,
-    on_step: Callable[[Any], None] | None = None,
+    on_step: Callable[[StepReport], None] | None = None,
     on_eval: Callable[[int, float], bool] | None = None,
     max_failures: int = 0,
-) -> list[Any]:
+) -> list[RunResult]:
     """Train ``specs`` one after another on one Ray Train worker group; their `RunResult` s, in order.
 
-    Connects to Ray first if this process is not connected (an embedded local Ray, as `ladder submit` starts).
+    Connects to Ray first if this process is not connected (an embedded local Ray, as `ladder submit` starts,
+    refusing a gang larger than this machine).
     The callbacks are pickled and run in the workers: ``on_step`` on every rank, ``on_eval`` on rank 0.
     """
     import ray
@@ -96,12 +100,12 @@ def train_on_workers(
     from orchestrator.train import RunResult
 
     workers, cpus, gpus = _group_resources(specs)
-    if not ray.is_initialized():
+    if not ray.is_initialized():  # an embedded Ray: its resources are fixed, so a gang that cannot fit never will
         from orchestrator.scheduler import connect
 
         connect(None)
-    for spec in specs:
-        check_cluster_fits(spec, ray.cluster_resources())
+        for spec in specs:
+            check_cluster_fits(spec, ray.cluster_resources())
     per_worker = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
     storage = Path(specs[0].storage).expanduser().resolve() / RAY_TRAIN_DIR
     name = f"{specs[0].run_key}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
