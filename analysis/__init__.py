@@ -10,6 +10,7 @@
 """
 
 from analysis.bootstrap import Bootstrap, CurveBand, bootstrap_chinchilla, bootstrap_compute_law
+from analysis.compare import LawFits, compute_multipliers, fit_laws, frontier, frontier_gaps, loss_gaps
 from analysis.fits import (
     HUBER_DELTA,
     ChinchillaFit,
@@ -20,7 +21,6 @@ from analysis.fits import (
     fit_chinchilla,
     fit_compute_law,
 )
-from analysis.compare import LawFits, compute_multipliers, fit_laws, frontier, frontier_gaps, loss_gaps
 from analysis.overhead import overhead
 from analysis.report import AnalysisConfig, Results, analyze, analyze_frames
 from analysis.rollout import Rollout, rollout_chinchilla, rollout_compute_law
@@ -39,13 +39,25 @@ __all__ = [
     "HUBER_DELTA",
     "LOSS_SPIKES",
     "AnalysisConfig",
+    "Bootstrap",
+    "ChinchillaFit",
+    "ComputeLawFit",
+    "CurveBand",
     "LawFits",
     "Results",
+    "Rollout",
+    "ScalingLawFit",
     "SpikeRule",
     "analyze",
     "analyze_frames",
+    "bootstrap_chinchilla",
+    "bootstrap_compute_law",
+    "chinchilla_grid",
+    "compute_law_grid",
     "compute_multipliers",
     "find_spikes",
+    "fit_chinchilla",
+    "fit_compute_law",
     "fit_laws",
     "frontier",
     "frontier_gaps",
@@ -56,21 +68,9 @@ __all__ = [
     "loss_gaps",
     "overhead",
     "read_results",
+    "rollout_chinchilla",
+    "rollout_compute_law",
     "stability_by_arm",
     "stability_by_run",
     "write_results",
-    "Bootstrap",
-    "ChinchillaFit",
-    "ComputeLawFit",
-    "CurveBand",
-    "Rollout",
-    "ScalingLawFit",
-    "bootstrap_chinchilla",
-    "bootstrap_compute_law",
-    "chinchilla_grid",
-    "compute_law_grid",
-    "fit_chinchilla",
-    "fit_compute_law",
-    "rollout_chinchilla",
-    "rollout_compute_law",
 ]

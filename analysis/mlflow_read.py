@@ -14,9 +14,10 @@ Notable choices:
   1,000 runs × 1,000 steps of the analysis' seven metrics in seconds (benchmarks/ANALYSIS.md). These tables
   are MLflow's private schema: any DBAPI error on them (a future MLflow that renamed a column) falls back to
   the public API with a warning, so a schema change costs speed, not results.
-- **Histories are read one (run, metric) pair per query**, on MLflow's ``(run_uuid, key, step)`` index. Each
-  query returns numbers only (step, timestamp, value, is_nan): no run id or metric name per value, which as
-  Python strings were the largest cost of one query per chunk of runs (3M values: 13 s against ~4 s).
+- **Histories are read one (run, metric) pair per query**, on MLflow's ``(run_uuid, key, step)`` index, in
+  step order. Each query returns numbers only (step, timestamp, value, is_nan), flattened into numpy in C: no
+  run id or metric name per value, which as Python strings were the largest cost of one query per chunk of
+  runs.
 - **Values come back as logged**: MLflow's SQL stores write NaN as 0 with ``is_nan`` set and ±inf as ±float
   max, and its entities return ±float max; both readers return NaN and ±inf.
 - **The API reader** (an ``http://`` tracking server, or a SQL store with ``reader="api"``) pages through
@@ -26,6 +27,7 @@ Notable choices:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -84,8 +86,9 @@ class Reader(Protocol):
     def runs(self, experiment_id: str) -> RunParts: ...
 
     def history(self, pairs: pl.DataFrame) -> pl.DataFrame:
-        """Every logged value of the (run_id, metric) rows of `pairs`: columns run_id, metric, step, timestamp,
-        value, in no particular order (repeated steps included)."""
+        """Every logged value of the (run_id, metric) rows of `pairs`: columns pair (the row's index in
+        `pairs`), step, timestamp, value; ordered by pair, then step (a step logged twice, by a resumed run,
+        in either order)."""
         ...
 
 
@@ -119,9 +122,11 @@ def open_reader(client: MlflowClient, reader: ReaderName = "auto") -> Reader:
 
 
 def _decoded(value: pl.Expr) -> pl.Expr:
-    """±float max (how MLflow stores ±inf) back to ±inf."""
+    """±float max (how MLflow stores ±inf) back to ±inf; NaN stays NaN (Polars orders NaN above inf)."""
     return (
-        pl.when(value >= _MLFLOW_MAX_FLOAT)
+        pl.when(value.is_nan())
+        .then(value)
+        .when(value >= _MLFLOW_MAX_FLOAT)
         .then(float("inf"))
         .when(value <= -_MLFLOW_MAX_FLOAT)
         .then(float("-inf"))
@@ -172,7 +177,13 @@ class SqlReader:
         )
 
     def history(self, pairs: pl.DataFrame) -> pl.DataFrame:
-        sql = f"SELECT step, timestamp, value, is_nan FROM metrics WHERE run_uuid = {self.mark} AND key = {self.mark}"
+        # ORDER BY step makes SQLite pick MLflow's (run_uuid, key, step) index: without it, lacking table
+        # statistics, it scans the metric's whole range of the primary key (60x slower at 1M values). Adding
+        # the timestamp to the ORDER BY would make SQLite sort every run's values (half the query's time).
+        sql = (
+            "SELECT step, timestamp, value, is_nan FROM metrics "
+            f"WHERE run_uuid = {self.mark} AND key = {self.mark} ORDER BY step"
+        )
         rows: list[tuple] = []
         counts = np.zeros(pairs.height, dtype=np.int64)
         try:
@@ -188,18 +199,24 @@ class SqlReader:
                 connection.close()
         except self._error as error:
             return self._fall_back(error).history(pairs)
-        values = pl.DataFrame(rows, schema={**_VALUES, "is_nan": pl.Boolean}, orient="row")
-        which = np.repeat(np.arange(pairs.height), counts)
-        return pl.concat(
-            [
-                pairs.select("run_id", "metric")[which],
-                values.select(
-                    "step",
-                    "timestamp",
-                    pl.when(pl.col("is_nan")).then(float("nan")).otherwise(_decoded(pl.col("value"))).alias("value"),
-                ),
-            ],
-            how="horizontal",
+        # Numbers only, flattened in C: a third of the time of building the frame from the row tuples.
+        flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.float64, count=4 * len(rows))
+        columns = flat.reshape(-1, 4)
+        frame = pl.DataFrame(
+            {
+                "pair": np.repeat(np.arange(pairs.height, dtype=np.int64), counts),
+                # Exact: steps and millisecond timestamps are far below 2**53.
+                "step": columns[:, 0].astype(np.int64),
+                "timestamp": columns[:, 1].astype(np.int64),
+                "value": columns[:, 2],
+                "is_nan": columns[:, 3] != 0,
+            }
+        )
+        return frame.select(
+            "pair",
+            "step",
+            "timestamp",
+            pl.when(pl.col("is_nan")).then(float("nan")).otherwise(_decoded(pl.col("value"))).alias("value"),
         )
 
     def _query(self, queries: dict[str, tuple[str, list[Any]]]) -> dict[str, list[tuple]]:
@@ -268,11 +285,11 @@ class ApiReader:
         wanted = pairs.select("run_id", "metric").rows()
         logger.info("reading %d metric histories through the MLflow API", len(wanted))
 
-        def one(pair: tuple[str, str]) -> list[tuple]:
-            run_id, key = pair
-            return [(run_id, key, m.step, m.timestamp, m.value) for m in self.client.get_metric_history(run_id, key)]
+        def one(index: int) -> list[tuple]:
+            run_id, key = wanted[index]
+            return [(index, m.step, m.timestamp, m.value) for m in self.client.get_metric_history(run_id, key)]
 
         with ThreadPoolExecutor(_THREADS) as pool:
-            rows = [row for part in pool.map(one, wanted) for row in part]
-        frame = pl.DataFrame(rows, schema={"run_id": pl.String, "metric": pl.String, **_VALUES}, orient="row")
-        return frame.with_columns(_decoded(pl.col("value")).alias("value"))
+            rows = [row for part in pool.map(one, range(len(wanted))) for row in part]
+        frame = pl.DataFrame(rows, schema={"pair": pl.Int64, **_VALUES}, orient="row")
+        return frame.sort("pair", "step").with_columns(_decoded(pl.col("value")).alias("value"))

@@ -368,38 +368,36 @@ def _history(
     reader: Reader, runs: pl.DataFrame, logged: pl.DataFrame, metrics: Sequence[str] | None
 ) -> pl.DataFrame:
     """The long history of `runs` (with `run_key`, `tokens_per_step`, `flops_per_step` columns): the values
-    of `metrics` (None: all) each run logged (`logged`: the latest-metrics frame of `RunParts`)."""
-    pairs = logged.filter(
-        pl.col("run_id").is_in(runs.get_column("run_id").implode()),
-        pl.lit(True) if metrics is None else pl.col("key").is_in(list(metrics)),
-    ).select("run_id", pl.col("key").alias("metric"))
+    of `metrics` (None: all) each run logged (`logged`: the latest-metrics frame of `RunParts`), ordered by
+    run_key, metric and step."""
+    constants = runs.select("run_id", "run_key", "tokens_per_step", "flops_per_step")
+    # Pairs in output order: the reader returns values grouped by pair and in step order, so the values need
+    # sorting only where a step was logged twice (keeping its latest value).
+    pairs = (
+        logged.filter(pl.lit(True) if metrics is None else pl.col("key").is_in(list(metrics)))
+        .join(constants, on="run_id", how="inner")
+        .select("run_key", "run_id", pl.col("key").alias("metric"), "tokens_per_step", "flops_per_step")
+        .sort("run_key", "metric")
+    )
     if pairs.is_empty():
         return pl.DataFrame(schema=HISTORY_SCHEMA)
-    raw = reader.history(pairs)
-    # Sorted by (run_key, metric, step, timestamp) through integer keys (run rank, metric as an Enum): a third
-    # of the time of sorting the strings at 3M values. The last of a repeated step is its latest.
-    constants = (
-        runs.sort("run_key")
-        .with_row_index("_run")
-        .select("run_id", "_run", "run_key", "tokens_per_step", "flops_per_step")
-    )
-    metric = pl.Enum(sorted(raw.get_column("metric").unique().to_list()))
+    values = reader.history(pairs)
+    repeated = (pl.col("pair") == pl.col("pair").shift(1)) & (pl.col("step") == pl.col("step").shift(1))
+    if values.select(repeated.any()).item():  # a resumed run re-logged steps: the latest value goes last
+        values = values.sort("pair", "step", "timestamp", maintain_order=True)
     last_of_step = (
-        (pl.col("step") != pl.col("step").shift(-1))
-        | (pl.col("metric") != pl.col("metric").shift(-1))
-        | (pl.col("_run") != pl.col("_run").shift(-1))
+        (pl.col("step") != pl.col("step").shift(-1)) | (pl.col("pair") != pl.col("pair").shift(-1))
     ).fill_null(True)
-    return (
-        raw.with_columns(pl.col("metric").cast(metric))
-        .join(constants, on="run_id", how="left")
-        .sort("_run", "metric", "step", "timestamp")
-        .filter(last_of_step)
-        .with_columns(
-            pl.col("metric").cast(pl.String),
-            (pl.col("step") * pl.col("tokens_per_step")).alias("tokens"),
-            (pl.col("step") * pl.col("flops_per_step")).alias("flops"),
-        )
-        .select(list(HISTORY_SCHEMA))
+    values = values.filter(last_of_step)
+    labels = pairs.gather(values.get_column("pair"))
+    return pl.concat([labels, values.drop("pair", "timestamp")], how="horizontal").select(
+        "run_key",
+        "run_id",
+        "step",
+        (pl.col("step") * pl.col("tokens_per_step")).alias("tokens"),
+        (pl.col("step") * pl.col("flops_per_step")).alias("flops"),
+        "metric",
+        "value",
     )
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
 from analysis.compare import fit_laws, loss_gaps
 from analysis.report import AnalysisConfig, Results, analyze_frames
@@ -413,6 +414,17 @@ def test_a_relogged_step_appears_once_with_the_value_logged_last(
     assert mine.height == mine.get_column("step").n_unique() == NUM_LOGGED
     assert mine.get_column("value")[10] == RELOGGED_LOSS
     assert history.select("run_key", "metric", "step").is_duplicated().sum() == 0
+
+
+def test_the_sql_and_mlflow_api_readers_give_identical_frames(
+    store: Store, loaded: tuple[pl.DataFrame, pl.DataFrame]
+) -> None:
+    """The SQL reader (what "auto" picks for this SQLite store) against `MlflowClient` (what a tracking server
+    gets): same runs, same history, NaN/inf and the re-logged step included."""
+    runs, history = loaded
+    api_runs, api_history = load_experiment(store.uri, store.experiment, reader="api")
+    assert_frame_equal(api_runs, runs)
+    assert_frame_equal(api_history, history)
 
 
 def test_nonfinite_losses_come_back_non_finite(loaded: tuple[pl.DataFrame, pl.DataFrame]) -> None:
