@@ -1,15 +1,16 @@
 """Reading an MLflow tracking store into raw Polars frames, by SQL on SQL stores and by the public API elsewhere.
 
-    reader = open_reader(client, "auto")        # SqlReader on sqlite/postgresql/mysql stores, else ApiReader
-    parts = reader.runs(experiment_id)          # the active runs: info, tags, params, latest metrics (long)
+    reader = open_reader(tracking_uri, "auto")  # SqlReader on sqlite/postgresql/mysql stores, else ApiReader
+    parts = reader.runs(reader.experiment_id(name, tracking_uri))   # active runs: info, tags, params, metrics
     raw = reader.history(pairs)                 # every logged value of each (run_id, metric) pair
 
 Both readers return the same frames (tests/analysis/test_runs_compare.py checks it on a real store); analysis/
 runs.py builds the runs and history frames from them.
 
 Notable choices:
-- **SQL stores are read with plain SQL** on MLflow's tables (``runs``, ``tags``, ``params``,
-  ``latest_metrics``, ``metrics``) through the DBAPI connection of the store's own SQLAlchemy engine. MLflow's
+- **SQL stores are read with plain SQL** on MLflow's tables (``experiments``, ``runs``, ``tags``, ``params``,
+  ``latest_metrics``, ``metrics``): a SQLite file read-only through `sqlite3` (MLflow is not even imported),
+  other databases through the DBAPI connection of MLflow's own SQLAlchemy engine. MLflow's
   entities cost ~50 µs per value and ``search_runs`` builds an object per tag and param; the SQL path reads
   1,000 runs × 1,000 steps of the analysis' seven metrics in seconds (benchmarks/ANALYSIS.md). These tables
   are MLflow's private schema: any DBAPI error on them (a future MLflow that renamed a column) falls back to
@@ -30,8 +31,11 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import sqlite3
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
@@ -83,6 +87,10 @@ class Reader(Protocol):
 
     name: str
 
+    def experiment_id(self, experiment: str, tracking_uri: str) -> str:
+        """The id of the experiment named (or numbered) `experiment`; ValueError naming the ones there."""
+        ...
+
     def runs(self, experiment_id: str) -> RunParts: ...
 
     def history(self, pairs: pl.DataFrame) -> pl.DataFrame:
@@ -106,19 +114,40 @@ def client_for(tracking_uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=tracking_uri)
 
 
-def open_reader(client: MlflowClient, reader: ReaderName = "auto") -> Reader:
+def open_reader(tracking_uri: str, reader: ReaderName = "auto") -> Reader:
     """`SqlReader` on a SQL store (unless ``reader="api"``), else `ApiReader`; ``reader="sql"`` on a store
-    that is not SQL is a ValueError."""
+    that is not SQL is a ValueError. An existing SQLite file is opened read-only with `sqlite3`, without
+    importing MLflow (seconds of a cold ``ladder dashboard``); other databases through MLflow's engine."""
     if reader not in READERS:
         raise ValueError(f"reader ({reader!r}) must be one of {READERS}")
+    fallback = (lambda: ApiReader(client_for(tracking_uri))) if reader == "auto" else None
+    path = _sqlite_path(tracking_uri)
+    if reader != "api" and path is not None and path.is_file():
+        target = f"{path.resolve().as_uri()}?mode=ro"
+        return SqlReader(lambda: sqlite3.connect(target, uri=True), "?", sqlite3.Error, fallback=fallback)
+    client = client_for(tracking_uri)
     store = getattr(getattr(client, "_tracking_client", None), "store", None)
     engine = getattr(store, "engine", None)
     sql_ok = engine is not None and engine.dialect.paramstyle in _PLACEHOLDERS
     if reader == "sql" and not sql_ok:
-        raise ValueError(f"reader='sql' needs a SQL tracking store; {client.tracking_uri} is not one")
+        raise ValueError(f"reader='sql' needs a SQL tracking store; {tracking_uri} is not one")
     if reader == "api" or not sql_ok:
         return ApiReader(client)
-    return SqlReader(engine, fallback=ApiReader(client) if reader == "auto" else None)
+    mark = _PLACEHOLDERS[engine.dialect.paramstyle]
+    return SqlReader(engine.raw_connection, mark, engine.dialect.loaded_dbapi.Error, fallback=fallback)
+
+
+def _sqlite_path(tracking_uri: str) -> Path | None:
+    """The file of a ``sqlite:///`` tracking URI (relative to the working directory, as MLflow reads it)."""
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix):
+        return None
+    path = tracking_uri[len(prefix) :].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+def _no_experiment(experiment: str, tracking_uri: str, names: list[str]) -> ValueError:
+    return ValueError(f"no MLflow experiment {experiment!r} in {tracking_uri} (experiments there: {sorted(names)})")
 
 
 def _decoded(value: pl.Expr) -> pl.Expr:
@@ -139,15 +168,35 @@ def _decoded(value: pl.Expr) -> pl.Expr:
 
 
 class SqlReader:
-    """Plain SQL on MLflow's tables (module doc); `fallback` takes over, with a warning, on a DBAPI error."""
+    """Plain SQL on MLflow's tables (module doc), on DBAPI connections from `connect` whose parameter marker
+    is `mark`; `fallback` (built when needed) takes over, with a warning, on a DBAPI `error`."""
 
     name = "sql"
 
-    def __init__(self, engine: Any, fallback: ApiReader | None = None) -> None:
-        self.engine = engine
+    def __init__(
+        self,
+        connect: Callable[[], Any],
+        mark: str,
+        error: type[BaseException],
+        fallback: Callable[[], ApiReader] | None = None,
+    ) -> None:
+        self.connect = connect
+        self.mark = mark
+        self._error = error
         self.fallback = fallback
-        self.mark = _PLACEHOLDERS[engine.dialect.paramstyle]
-        self._error: type[BaseException] = engine.dialect.loaded_dbapi.Error
+
+    def experiment_id(self, experiment: str, tracking_uri: str) -> str:
+        try:
+            rows = self._query({"all": ("SELECT experiment_id, name FROM experiments", [])})["all"]
+        except self._error as error:
+            return self._fall_back(error).experiment_id(experiment, tracking_uri)
+        by_name = {name: str(id_) for id_, name in rows}
+        ids = set(by_name.values())
+        if experiment in by_name:
+            return by_name[experiment]
+        if experiment in ids:  # an id, as MLflow's client also accepts
+            return experiment
+        raise _no_experiment(experiment, tracking_uri, list(by_name))
 
     def runs(self, experiment_id: str) -> RunParts:
         active = f"SELECT run_uuid FROM runs WHERE experiment_id = {self.mark} AND lifecycle_stage = 'active'"
@@ -187,7 +236,7 @@ class SqlReader:
         rows: list[tuple] = []
         counts = np.zeros(pairs.height, dtype=np.int64)
         try:
-            connection = self.engine.raw_connection()
+            connection = self.connect()
             try:
                 cursor = connection.cursor()
                 for index, pair in enumerate(pairs.select("run_id", "metric").iter_rows()):
@@ -222,7 +271,7 @@ class SqlReader:
     def _query(self, queries: dict[str, tuple[str, list[Any]]]) -> dict[str, list[tuple]]:
         """Each query's rows, on one raw DBAPI connection (SQLAlchemy's Row objects would cost more than the
         query)."""
-        connection = self.engine.raw_connection()
+        connection = self.connect()
         try:
             cursor = connection.cursor()
             out = {}
@@ -242,7 +291,7 @@ class SqlReader:
             type(error).__name__,
             error,
         )
-        return self.fallback
+        return self.fallback()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -256,6 +305,17 @@ class ApiReader:
 
     def __init__(self, client: MlflowClient) -> None:
         self.client = client
+
+    def experiment_id(self, experiment: str, tracking_uri: str) -> str:
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None and experiment.isdigit():
+            try:
+                found = self.client.get_experiment(experiment)
+            except Exception:  # MlflowException: no such id
+                found = None
+        if found is None:
+            raise _no_experiment(experiment, tracking_uri, [e.name for e in self.client.search_experiments()])
+        return found.experiment_id
 
     def runs(self, experiment_id: str) -> RunParts:
         entities, token = [], None

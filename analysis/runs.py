@@ -42,15 +42,12 @@ import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import polars as pl
 
 from analysis.mlflow_read import READERS, Reader, ReaderName, RunParts, client_for, open_reader
-
-if TYPE_CHECKING:
-    from mlflow.tracking import MlflowClient
 
 __all__ = [
     "AMAX_QUANTITIES",
@@ -143,22 +140,6 @@ _METRIC_COLUMNS = {
 
 # ----------------------------------------------------------------------------------------------------------
 # MLflow access.
-
-
-def _experiment_id(client: MlflowClient, tracking_uri: str, experiment: str) -> str:
-    """The id of the experiment named (or numbered) `experiment`; ValueError naming the ones that exist."""
-    found = client.get_experiment_by_name(experiment)
-    if found is None and experiment.isdigit():
-        try:
-            found = client.get_experiment(experiment)
-        except Exception:  # MlflowException: no such id
-            found = None
-    if found is None:
-        names = sorted(e.name for e in client.search_experiments(max_results=50))
-        raise ValueError(
-            f"no MLflow experiment {experiment!r} in {tracking_uri} (experiments there: {names})"
-        )
-    return found.experiment_id
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -425,9 +406,8 @@ def load_experiment(
     `reader` (`READERS`): "auto" reads SQL stores by SQL and others through the MLflow API; "sql" or "api"
     force one (analysis/mlflow_read.py; both give the same frames).
     """
-    client = client_for(tracking_uri)
-    store = open_reader(client, reader)
-    parts = store.runs(_experiment_id(client, tracking_uri, experiment))
+    store = open_reader(tracking_uri, reader)
+    parts = store.runs(store.experiment_id(experiment, tracking_uri))
     frame = _per_step_constants(_arm_labels(_one_per_key(_raw_runs(parts, experiment))))
     wanted = None if metrics is None else list(dict.fromkeys([*metrics, *_SUMMARY_METRICS]))
     history = _history(store, frame, parts.metrics, wanted)
@@ -467,10 +447,9 @@ def load_amax_profiles(
     """
     if steps not in ("last", "all"):
         raise ValueError(f"steps ({steps!r}) must be 'last' or 'all'")
-    client = client_for(tracking_uri)
     if runs is None:
-        parts = open_reader(client).runs(_experiment_id(client, tracking_uri, experiment))
-        runs = _one_per_key(_raw_runs(parts, experiment))
+        store = open_reader(tracking_uri)
+        runs = _one_per_key(_raw_runs(store.runs(store.experiment_id(experiment, tracking_uri)), experiment))
     keys = dict(zip(runs.get_column("run_id").to_list(), runs.get_column("run_key").to_list(), strict=True))
     uris = dict(
         zip(runs.get_column("run_id").to_list(), runs.get_column("artifact_uri").to_list(), strict=True)
@@ -490,7 +469,11 @@ def load_amax_profiles(
             rows.extend(_profile_rows(keys[run_id], run_id, step, json.loads(Path(path).read_text())))
         return rows
 
+    remote = [run_id for run_id in keys if _local_path(uris.get(run_id)) is None]
+    client = client_for(tracking_uri) if remote else None  # MLflow only for artifacts off this machine
+
     def rows_remote(run_id: str, tmp: str) -> list[tuple]:
+        assert client is not None
         rows = []
         listed = [f.path for f in client.list_artifacts(run_id, "diagnostics") if not f.is_dir]
         for step, path in pick(listed):
