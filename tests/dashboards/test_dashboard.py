@@ -5,7 +5,8 @@ Figures are read back out of the pages (the Plotly JSON each page embeds) and co
 `Results` they were built from (as the dashboard wrote them to ``data/``), so a figure that recomputed,
 rounded or mis-assigned a number fails here. The dashboard is `build_experiment_dashboard` (what ``ladder
 dashboard`` runs) on the planted MLflow store of tests/analysis/test_runs_compare.py (shared with it, built
-once per session). How the pages look in a browser is not tested here: the suite installs no browser.
+once per session). Two pages are also loaded in headless Chromium (Debian's ``chromium`` package), as a person
+sees them: every embedded figure must be drawn, and a screenshot must show a plot, not a blank page.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ from __future__ import annotations
 import base64
 import importlib.util
 import re
+import shutil
+import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -229,3 +233,34 @@ def test_a_dashboard_rebuilt_from_the_written_data_is_the_same(dashboard: Path, 
     rebuilt = build_dashboard(Results.read(dashboard / "data"), tmp_path, write_data=False).parent
     for name in PAGES:
         assert figure_payloads(page(rebuilt, name)) == figure_payloads(page(dashboard, name)), name
+
+
+CHROMIUM = shutil.which("chromium")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install -y chromium)")
+
+
+def chromium(*args: str) -> str:
+    """Headless Chromium's stdout; `--virtual-time-budget` lets the page's scripts finish first."""
+    assert CHROMIUM is not None
+    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
+
+
+@needs_chromium
+def test_a_browser_draws_every_figure_of_a_page_and_the_screenshot_is_not_blank(
+    dashboard: Path, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    pages = ("scaling", "tuning")  # lines and bands; four subplots (two pages: Chromium takes seconds each)
+    shot = tmp_path / "tuning.png"
+    with ThreadPoolExecutor(3) as pool:
+        doms = list(pool.map(lambda name: chromium("--dump-dom", str(dashboard / f"{name}.html")), pages))
+        pool.submit(chromium, "--window-size=1200,900", f"--screenshot={shot}", str(dashboard / "tuning.html")).result()
+    for name, dom in zip(pages, doms, strict=True):
+        embedded = len(figure_payloads(page(dashboard, name)))
+        assert embedded > 0 and dom.count("plot-container plotly") == embedded, name  # a script error stops the rest
+    pixels = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3)
+    background = (pixels.min(axis=1) > 240).mean()
+    front_marker = np.all(np.abs(pixels.astype(int) - (0xC4, 0x4E, 0x52)) < 30, axis=1).sum()
+    assert background < 0.95 and front_marker > 100, (background, front_marker)  # the Pareto front's red is drawn
