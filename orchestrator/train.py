@@ -333,11 +333,11 @@ def _run_locked(
                 step_loss = 0.0
                 for index in range(training.grad_accum):
                     chunk = slice(index * micro, (index + 1) * micro)
-                    with _autocast(device):
+                    with _autocast(device), parallel.gradient_sync(forward_model, index == training.grad_accum - 1):
                         loss = _loss(step_fn, inputs_BS[chunk], targets_BS[chunk])
                         balance = model.balance_loss()
                         objective = loss + balance if balance is not None else loss
-                    (objective / training.grad_accum).backward()
+                        (objective / training.grad_accum).backward()
                     step_loss += loss.item() / training.grad_accum
                 step_loss = parallel.mean(step_loss)  # equal slices: the mean over ranks is the batch's loss
                 if not math.isfinite(step_loss) or step_loss > training.divergence_factor * best_loss:

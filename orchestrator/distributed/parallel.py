@@ -26,6 +26,7 @@ Choices:
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -129,6 +130,16 @@ class Parallel:
             fully_shard(block, mesh=self.mesh, mp_policy=policy)
         fully_shard(model, mesh=self.mesh, mp_policy=policy)
         return model
+
+    def gradient_sync(self, forward_model: nn.Module, last: bool) -> contextlib.AbstractContextManager:
+        """Where a micro-batch's forward and backward run: under DDP, every micro-batch but the step's last skips
+        the gradient all-reduce (the local sum is reduced once). FSDP reduce-scatters every micro-batch, which
+        keeps the gradients sharded between micro-batches (memory over bandwidth)."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        if isinstance(forward_model, DistributedDataParallel) and not last:
+            return forward_model.no_sync()
+        return contextlib.nullcontext()
 
     def mean(self, value: float) -> float:
         """The mean of ``value`` over the ranks (float64 all-reduce)."""

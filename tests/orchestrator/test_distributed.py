@@ -2,8 +2,8 @@
 
 Starting a worker group costs tens of seconds on a 2-core machine, so the 2-worker runs share launches: one
 group (module fixture) trains a run whose worker is killed mid-run (the group restarts once), every residual
-variant with FSDP, mHC with DDP, HSDP and mHC-aware recomputation, and mHC resumed from a one-process
-checkpoint; one more group runs through the sweep scheduler.
+variant with FSDP, mHC with DDP (2 accumulated micro-batches), HSDP and mHC-aware recomputation, and mHC
+resumed from a one-process checkpoint; one more group runs through the sweep scheduler.
 
 Tolerance: 2 FSDP workers and one process do the same arithmetic except the order of two fp32 reductions (the
 gradient average over ranks after each rank's mean over its half of the batch, versus one mean over the whole
@@ -58,7 +58,9 @@ RTOL = 1e-5  # fp32 reduction order only (module docstring)
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
-def _spec(root: Path, data_config, experiment: str, *, variant: str = "mhc", n: int = 2, **resources) -> RunSpec:
+def _spec(
+    root: Path, data_config, experiment: str, *, variant: str = "mhc", n: int = 2, grad_accum: int = 1, **resources
+) -> RunSpec:
     return RunSpec(
         model={"preset": "nano", "residual": {"variant": variant, "n": n}},
         training={
@@ -69,6 +71,7 @@ def _spec(root: Path, data_config, experiment: str, *, variant: str = "mhc", n: 
             "eval_every": STEPS,
             "eval_windows": 8,
             "checkpoint_every": 2,
+            "grad_accum": grad_accum,
         },
         data=data_config.model_dump(),
         tracking={"uri": f"sqlite:///{root / 'mlruns.db'}", "experiment": experiment},
@@ -128,7 +131,7 @@ def two_workers(root, pd_literary_config, local_ray, one_process) -> dict[str, t
         **{
             variant: _spec(root, pd_literary_config, "fsdp", variant=variant, n=n, workers=2) for variant, n in VARIANTS
         },
-        "ddp": _spec(root, pd_literary_config, "ddp", workers=2, sharding="ddp"),
+        "ddp": _spec(root, pd_literary_config, "ddp", workers=2, sharding="ddp", grad_accum=2),
         "hsdp": _spec(root, pd_literary_config, "hsdp", workers=2, sharding="hsdp", replicate=2),
         "recompute": _spec(root, pd_literary_config, "recompute", workers=2, recompute="mhc"),
         "from-one": from_one,
