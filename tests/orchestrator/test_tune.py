@@ -50,13 +50,14 @@ RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_ADD
 @pytest.fixture(scope="module")
 def local_ray():
     """One embedded Ray for the module (its workers stay warm between tests); RAY_ADDRESS=local keeps it off
-    any cluster someone started on this machine."""
+    any cluster someone started on this machine. Started as `tune` starts its own: a start that a loaded
+    machine makes fail (Ray's 15 s wait for its dashboard agent) is retried."""
     with pytest.MonkeyPatch.context() as patch:
         for key, value in RAY_ENV.items():
             patch.setenv(key, value)
-        from orchestrator.scheduler import connect
+        from orchestrator.tune.runner import connect_ray
 
-        connect(None)
+        connect_ray(None)
         yield
         import ray
 
