@@ -64,7 +64,7 @@ EVAL_METRICS = (
     "eval/dead_experts",
 )
 """What the trainer logs at every evaluation."""
-_TOKENS_PER_STEP = 16 * 256
+_SEQ_LEN = 256
 _E, _ALPHA, _MULTIPLIER = 2.0, 0.15, 1.5  # the planted law L(C) = E + A·C^(−α); mhc's compute multiplier
 _T0_MS = 1_700_000_000_000
 
@@ -92,8 +92,8 @@ class BenchStore:
 
     @property
     def folder(self) -> Path:
-        return self.root / (
-            f"r{self.num_runs}-s{self.num_steps}-e{self.eval_every}-z{self.num_sizes}-b{self.num_budgets}"
+        return self.root / (  # v2: runs' FLOPs follow their budgets
+            f"v2-r{self.num_runs}-s{self.num_steps}-e{self.eval_every}-z{self.num_sizes}-b{self.num_budgets}"
             f"-seed{self.seed}"
         )
 
@@ -190,7 +190,10 @@ def _fill(config: BenchStore, folder: Path, uri: str) -> None:
         }
         t0 = _T0_MS + index * 10**6  # runs one after another, as a sweep's runs end at different times
         run_id = client.create_run(experiment_id, tags=tags, start_time=t0).info.run_id
-        values = _history(rng, config.num_steps, final, N, flops_per_token, arm)
+        # Every run logs num_steps steps; its batch (tokens per step) is what spends its budget (6·N·D), so a
+        # run's FLOPs follow its budget, as in a sweep with budgets in FLOPs.
+        tokens_per_step = budget / (6.0 * N * config.num_steps)  # one batch per (size, budget) for all arms
+        values = _history(rng, config.num_steps, final, N, flops_per_token, tokens_per_step, arm)
         rows = [
             (name, float(value), t0 + int(step) * 100, run_id, int(step), False)
             for name, column in values.items()
@@ -225,7 +228,7 @@ def _fill(config: BenchStore, folder: Path, uri: str) -> None:
             for name, column in eval_values.items()
             if evals.size
         ]
-        total_tokens = config.num_steps * _TOKENS_PER_STEP
+        total_tokens = config.num_steps * tokens_per_step
         metrics += [
             Metric(name, value, t0 + last * 100 + 99, last)
             for name, value in (
@@ -239,7 +242,7 @@ def _fill(config: BenchStore, folder: Path, uri: str) -> None:
         client.log_batch(
             run_id,
             metrics=metrics,
-            params=[Param(k, str(v)) for k, v in _params(arm, size_index, seed, budget).items()],
+            params=[Param(k, str(v)) for k, v in _params(arm, size_index, seed, budget, tokens_per_step).items()],
             tags=[RunTag("mlflow.source.name", "analysis/bench_store.py")],
         )
         _write_diagnostics(artifacts / run_id / "artifacts" / "diagnostics", evals, arm)
@@ -251,7 +254,13 @@ def _fill(config: BenchStore, folder: Path, uri: str) -> None:
 
 
 def _history(
-    rng: np.random.Generator, num_steps: int, final: float, N: float, flops_per_token: float, arm: str
+    rng: np.random.Generator,
+    num_steps: int,
+    final: float,
+    N: float,
+    flops_per_token: float,
+    tokens_per_step: float,
+    arm: str,
 ) -> dict[str, np.ndarray]:
     """The per-step metrics of one run: a loss decaying to `final` with noise, a noisy step time."""
     steps = np.arange(1, num_steps + 1)
@@ -259,7 +268,7 @@ def _history(
     loss = final * (1.0 + 0.6 * (1.0 - progress) ** 2) * np.exp(rng.normal(0.0, 0.01, num_steps))
     step_time = 0.05 * (N / 1e6) ** 0.8 * (1.07 if arm == "mhc" else 1.0) * np.exp(rng.normal(0, 0.03, num_steps))
     step_time[0] *= 10.0  # the first step compiles and grows the allocator
-    tokens = steps * float(_TOKENS_PER_STEP)
+    tokens = steps * tokens_per_step
     return {
         "train/loss": loss,
         "train/lr": 3e-3 * np.minimum(1.0, 10 * progress),
@@ -269,12 +278,12 @@ def _history(
         "train/flops": tokens * flops_per_token,
         "train/flops_6n": tokens * 6.0 * N,
         "perf/step_time_s": step_time,
-        "perf/tokens_per_s": _TOKENS_PER_STEP / step_time,
-        "perf/flops_per_s": _TOKENS_PER_STEP * flops_per_token / step_time,
+        "perf/tokens_per_s": tokens_per_step / step_time,
+        "perf/flops_per_s": tokens_per_step * flops_per_token / step_time,
     }
 
 
-def _params(arm: str, size_index: int, seed: int, budget: float) -> dict[str, object]:
+def _params(arm: str, size_index: int, seed: int, budget: float, tokens_per_step: float) -> dict[str, object]:
     """~40 flattened config params, as many as a resolved RunSpec logs."""
     depth = 4 + 2 * size_index
     params: dict[str, object] = {
@@ -297,8 +306,8 @@ def _params(arm: str, size_index: int, seed: int, budget: float) -> dict[str, ob
         "training.weight_decay": 0.1,
         "training.grad_clip": 1.0,
         "training.betas": "[0.9, 0.95]",
-        "training.seq_len": 256,
-        "training.batch_size": 16,
+        "training.seq_len": _SEQ_LEN,
+        "training.batch_size": tokens_per_step / _SEQ_LEN,
         "training.seed": seed,
         "training.budget.flops": budget,
         "training.compile": False,

@@ -33,6 +33,7 @@ not fitted.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -401,8 +402,11 @@ def _compute_law(
     }
     budgets = mine.get_column("budget")
     below = mine.filter(budgets < budgets.max())
-    if below.get_column("budget").n_unique() >= MIN_LAW_BUDGETS and below.height > 3:
-        split_at = float(below.get_column("final_flops").max())
+    split_at = float(below.get_column("final_flops").max()) if below.height else math.inf
+    # The runs below the largest budget must also be below its compute: runs whose FLOPs do not grow with
+    # their budget (a budget in steps, not FLOPs) leave nothing to predict.
+    held_out = int((split_at < C).sum())
+    if below.get_column("budget").n_unique() >= MIN_LAW_BUDGETS and below.height > 3 and held_out:
         result = rollout_compute_law(C, loss, split_at=split_at)
         rollout = {
             "rollout_error": result.mean_abs_relative_error,
@@ -411,7 +415,10 @@ def _compute_law(
             "rollout_held_out": int(result.test_index.size),
         }
     else:
-        notes.append(f"{arm}: no L(C) rollout: the budgets below the largest do not determine the law")
+        notes.append(
+            f"{arm}: no L(C) rollout: the budgets below the largest do not determine the law, or their runs' "
+            "compute does not stay below the largest budget's"
+        )
     row = pl.DataFrame(
         [
             {
