@@ -16,8 +16,9 @@ FAILED run), and the next submission retries it while attempts remain. The drive
 whose directory lock is held: a live trainer (an orphan finishing the run) records its own end.
 
 Cancelling (`ladder cancel`, or Ctrl-C in `ladder submit`): the loop sees the sweep's cancel marker
-(`orchestrator.control`) within one poll interval, force-cancels its in-flight tasks, records their runs as
-KILLED with reason ``cancelled`` and returns with ``cancelled=True``. A KILLED run is always resumable: the
+(`orchestrator.control`) within one poll interval, force-cancels its in-flight tasks (interrupts those that
+drive a worker group, so that Ray Train aborts the group and frees its gang), records their runs as KILLED with
+reason ``cancelled`` and returns with ``cancelled=True``. A KILLED run is always resumable: the
 next submission continues it from its checkpoint whatever its attempt count (which counts every reopening,
 so many cancels leave fewer retries for a later failure).
 
@@ -425,13 +426,18 @@ class _Submission:
         self.queue.clear()
         tasks = list(self.in_flight)
         for task in tasks:
-            self.ray.cancel(task, force=True)
+            # A worker group's driving task is interrupted instead (SIGINT): Ray Train's handler aborts the group,
+            # which releases its gang; a killed driver leaves the gang's placement group reserved on a Ray without
+            # the state API (the embedded one), where Ray Train's cleaner cannot see the controller die.
+            grouped = self.in_flight[task][0].resources.workers > 1
+            self.ray.cancel(task, force=not grouped)
         ready, stuck = ([], [])
         if tasks:
             ready, stuck = self.ray.wait(tasks, num_returns=len(tasks), timeout=CANCEL_TIMEOUT_S)
         for task in ready:
             self.collect(task)  # cancelled, or finished just before the cancel landed (it stays FINISHED)
         for task in stuck:
+            self.ray.cancel(task, force=True)  # an interrupted worker group that did not stop
             point, launched_at = self.in_flight.pop(task)
             log.warning("task of %s did not stop within %.0f s of its cancel", point.spec.run_key,
                         CANCEL_TIMEOUT_S)
