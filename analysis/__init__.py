@@ -5,8 +5,11 @@
 - `bootstrap`: percentile intervals and curve bands from resampling whole runs.
 - `rollout`: fit on the smaller sizes/budgets, score the predictions of the larger ones.
 - `runs`: runs and metric histories out of any MLflow store as Polars frames; results as parquet/JSON.
+  `mlflow_read` reads the store (plain SQL on SQL stores, the MLflow API elsewhere).
 - `compare`, `overhead`, `stability`: loss gaps and compute multipliers vs the baseline, step-time/memory
   overhead per hardware, spikes, divergences and Amax profiles; `report.analyze` runs them all.
+- `benchmark` (``python -m analysis.benchmark``): loading, analysis and dashboard timings on a 1,000-run store
+  built by `bench_store` (benchmarks/ANALYSIS.md).
 """
 
 from analysis.bootstrap import Bootstrap, CurveBand, bootstrap_chinchilla, bootstrap_compute_law

@@ -58,6 +58,8 @@ log = logging.getLogger(__name__)
 
 # Environment every Ray worker gets: no usage stats, no inherited MLflow run (mlflow issue 15713).
 WORKER_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_RUN_ID": ""}
+# Starts of an embedded Ray before giving up (see `connect`).
+RAY_START_ATTEMPTS = 3
 # How long a cancel waits for a force-cancelled task to report and for its trainer to release the run lock.
 CANCEL_TIMEOUT_S = 30.0
 # KILLED runs that resume on the next submission: cancelled (`ladder cancel`), interrupted (Ctrl-C in the
@@ -245,7 +247,14 @@ def _keep_ray_on_loopback() -> None:
 
 def connect(address: str | None) -> None:
     """Connect to ``address`` (a cluster's GCS ``host:port``, ``ray://host:port``, or "auto"), or start an
-    embedded local Ray with all CPUs and no dashboard. A cluster on 127.0.0.1 is reached on 127.0.0.1."""
+    embedded local Ray with all CPUs and no dashboard. A cluster on 127.0.0.1 is reached on 127.0.0.1.
+
+    A failed start of the embedded Ray is retried: Ray 2.60's raylet gives its dashboard agent a hard-coded
+    15 s to write its port file and aborts when it is late (ray-project/ray#65983); on a loaded machine the
+    agent's Python start-up alone takes longer and ``ray.init`` raises "The current node timed out during
+    startup". The failed start leaves no process behind after ``ray.shutdown``, and the next one usually
+    passes. A cluster address is tried once: there a failure means a wrong address or a cluster that is down.
+    """
     import ray
 
     if ray.is_initialized():
@@ -256,9 +265,18 @@ def connect(address: str | None) -> None:
         if _on_loopback(address):
             _keep_ray_on_loopback()
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
-    else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, runtime_env=runtime_env,
-                 log_to_driver=False)
+        return
+    for attempt in range(1, RAY_START_ATTEMPTS + 1):
+        try:
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, runtime_env=runtime_env,
+                     log_to_driver=False)
+            return
+        except Exception as error:
+            if attempt == RAY_START_ATTEMPTS:
+                raise
+            log.warning("Ray did not start (%s); starting it again (%d of %d)", error, attempt + 1,
+                        RAY_START_ATTEMPTS)
+            ray.shutdown()
 
 
 def _train_point(spec_data: dict[str, Any], parent_run_id: str | None, max_failures: int = 0) -> dict[str, Any]:

@@ -66,7 +66,7 @@ if TYPE_CHECKING:
     import optuna
     from optuna.storages import RDBStorage
 
-__all__ = ["TuneResult", "connect_ray", "tune"]
+__all__ = ["TuneResult", "tune"]
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,6 @@ MAX_DUPLICATE_STREAK = 50
 MAX_ERROR_LENGTH = 500
 # A worker's answer when its trial was failed by the heartbeat before it could claim it (see `_claim`).
 STALE = "STALE"
-RAY_START_ATTEMPTS = 3  # starts of an embedded Ray before giving up (see `connect_ray`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,32 +252,6 @@ def _baseline_task(spec_data: dict[str, Any], parent_run_id: str | None) -> dict
 
 
 # ---------------------------------------------------------------------------------------------- driver side
-def connect_ray(address: str | None) -> None:
-    """`orchestrator.scheduler.connect`, with a failed start of an embedded Ray (``address`` None) retried.
-
-    Why: Ray 2.60's raylet gives its dashboard agent a hard-coded 15 s to write its port file and aborts when
-    it is late (ray-project/ray#65983); on a loaded machine the agent's Python start-up alone takes longer, and
-    ``ray.init`` raises "The current node timed out during startup" some 40 s later. Uncaught, that ended
-    ``ladder tune`` with exit 1 before any trial. The failed start leaves no process behind after
-    ``ray.shutdown``, and the next one usually passes. A cluster address is tried once: there a failure means
-    a wrong address or a cluster that is down, which a retry does not mend.
-    """
-    import ray
-
-    from orchestrator.scheduler import connect
-
-    attempts = RAY_START_ATTEMPTS if address is None else 1
-    for attempt in range(1, attempts + 1):
-        try:
-            connect(address)
-            return
-        except Exception as error:
-            if attempt == attempts:
-                raise
-            log.warning("Ray did not start (%s); starting it again (%d of %d)", error, attempt + 1, attempts)
-            ray.shutdown()
-
-
 def _parent_run(spec: TuningSpec, spec_file: Path | None) -> str:
     """The study's parent MLflow run (created on the first invocation; later ones attach to it)."""
     tracking = spec.tracking_config
@@ -351,6 +324,8 @@ class _Driver:
     def run(self) -> TuneResult:
         import ray
 
+        from orchestrator.scheduler import connect
+
         started = time.monotonic()
         deadline = started + self.spec.budget.timeout_s if self.spec.budget.timeout_s else None
         self._claim_orphans()
@@ -358,7 +333,7 @@ class _Driver:
         if not (book.running or book.waiting or book.budget_left(self.spec.budget.n_trials) > 0):
             return self._result(timed_out=False)  # a settled study: nothing to start, not even Ray
         self.parent_run_id = _parent_run(self.spec, self.spec_file)
-        connect_ray(self.address)
+        connect(self.address)
         self.remote_trial = ray.remote(_trial_task)
         self.remote_baseline = ray.remote(_baseline_task)
         if self.spec.needs_baseline:

@@ -55,9 +55,9 @@ def local_ray():
     with pytest.MonkeyPatch.context() as patch:
         for key, value in RAY_ENV.items():
             patch.setenv(key, value)
-        from orchestrator.tune.runner import connect_ray
+        from orchestrator.scheduler import connect
 
-        connect_ray(None)
+        connect(None)
         yield
         import ray
 
