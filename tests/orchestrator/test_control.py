@@ -7,7 +7,6 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from models import ConfigError
 from orchestrator.cli import app
 from orchestrator.control import DEFAULT_STORAGE, SweepControl, read_sweep_identity
 from orchestrator.scheduler import SweepBusyError, submit
@@ -96,16 +95,6 @@ def _sweep(tmp_path, data_cache_dir, extra: str = ""):
         "base: {training: {batch_size: 8, seq_len: 64}}\ngrid: {size: [nano], budget: [1.0e+10]}\n" + extra
     )
     return path
-
-
-def test_multi_worker_points_are_refused_before_anything_launches(tmp_path, data_cache_dir):
-    path = _sweep(tmp_path, data_cache_dir, "resources: {nano: {cpus: 1, workers: 2}}\n")
-    sweep, points = load_sweep(path)
-    with pytest.raises(ConfigError, match=r"sweep\.resources\.nano\.workers \(2\) must be 1"):
-        submit(sweep, points, sweep_file=path)
-    result = runner.invoke(app, ["submit", str(path)], terminal_width=200)
-    assert result.exit_code == 2 and "Ray Train" in result.output
-    assert not (tmp_path / "runs").exists()  # no lock, no run directory, no run
 
 
 def test_a_sweep_already_being_submitted_is_refused(tmp_path, data_cache_dir):
