@@ -31,8 +31,6 @@ the table (a run is only comparable to one under similar load).
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime as dt
 import logging
 import os
 import platform
@@ -49,6 +47,7 @@ from typing import Any
 from analysis.bench_store import BenchStore, StoreInfo, build_store
 from analysis.report import AnalysisConfig, analyze_frames
 from analysis.runs import HISTORY_METRICS, load_amax_profiles, load_experiment, load_runs
+from models.benchlog import append_rows, git_sha, timestamp
 
 __all__ = ["DEFAULT_CSV", "StageTiming", "append_csv", "describe", "run_benchmark"]
 
@@ -134,21 +133,11 @@ def _load_average() -> str:
 
 
 def _environment() -> dict[str, str]:
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).resolve().parent,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        sha = "unknown"
     return {
         "machine": f"{platform.node()} ({os.cpu_count()} cores)",
         "load_average": _load_average(),
-        "git_sha": sha,
-        "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "git_sha": git_sha(),
+        "timestamp": timestamp(),
     }
 
 
@@ -180,15 +169,7 @@ def csv_rows(config: BenchStore, timings: list[StageTiming]) -> list[dict[str, A
 
 def append_csv(rows: list[dict[str, Any]], path: Path = DEFAULT_CSV) -> None:
     """Append rows in long format, writing the header when the file is new."""
-    if not rows:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists()
-    with path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
+    append_rows(rows, path)
 
 
 def describe(config: BenchStore) -> list[str]:

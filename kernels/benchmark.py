@@ -30,13 +30,10 @@ time. Without a CUDA device it says so and returns no rows.
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime as dt
 import logging
 import math
 import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +43,7 @@ import torch
 
 from kernels import reference
 from kernels.dispatch import TORCH_OPS, MHCOps
+from models.benchlog import append_rows, git_sha, timestamp
 
 __all__ = ["DEFAULT_CSV", "append_csv", "describe", "op_bytes", "print_table", "run_kernel_benchmark"]
 
@@ -198,23 +196,13 @@ def _max_error(case: _Case, ops: MHCOps) -> float:
 def _environment(device: torch.device) -> dict[str, str]:
     import triton
 
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).resolve().parent,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        sha = "unknown"
     return {
         "machine": platform.node(),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else "none (cpu)",
         "torch": torch.__version__,
         "triton": triton.__version__,
-        "git_sha": sha,
-        "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "git_sha": git_sha(),
+        "timestamp": timestamp(),
     }
 
 
@@ -327,15 +315,7 @@ def describe(
 
 def append_csv(rows: list[dict], path: Path = DEFAULT_CSV) -> None:
     """Append rows in long format, writing the header when the file is new."""
-    if not rows:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists()
-    with path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
+    append_rows(rows, path)
 
 
 def print_table(rows: list[dict]) -> None:

@@ -11,11 +11,8 @@ cross-entropy (``model(inputs, targets)``, `models.loss`); ``loss="logits"`` tim
 
 from __future__ import annotations
 
-import csv
-import datetime as dt
 import platform
 import statistics
-import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,11 +21,12 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from models.benchlog import append_rows, git_sha, timestamp
 from models.config import ModelConfig
 from models.presets import get_preset
 from models.transformer import build_model
 
-__all__ = ["StepBenchmarkRow", "VARIANTS", "append_csv", "run_step_benchmark"]
+__all__ = ["VARIANTS", "StepBenchmarkRow", "append_csv", "run_step_benchmark"]
 
 # The four variants at the paper's expansion rate.
 VARIANTS: dict[str, dict] = {
@@ -111,28 +109,13 @@ def run_step_benchmark(
     return rows
 
 
-def _git_sha() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def append_csv(rows: list[StepBenchmarkRow], path: Path) -> None:
     """Append rows with machine, torch version, git SHA and timestamp (long format)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     context = {
         "machine": f"{platform.node()} {platform.processor() or platform.machine()}",
         "torch": torch.__version__,
-        "git_sha": _git_sha(),
-        "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "git_sha": git_sha(),
+        "timestamp": timestamp(),
     }
     records = [{**context, **asdict(row)} for row in rows]
-    new_file = not path.exists()
-    with path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(records[0]))
-        if new_file:
-            writer.writeheader()
-        writer.writerows(records)
+    append_rows(records, path)

@@ -14,15 +14,14 @@ the largest process's resident set (CPU). The 2-worker runs share one Ray Train 
 
 from __future__ import annotations
 
-import csv
-import datetime as dt
 import os
 import statistics
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from orchestrator.bench_orchestrator import _git_sha, machine
+from models.benchlog import append_rows, git_sha, timestamp
+from orchestrator.bench_orchestrator import machine
 from orchestrator.data import DataConfig
 from orchestrator.runspec import RunSpec
 
@@ -146,19 +145,13 @@ def run_distributed_benchmark(
 
 def append_csv(rows: list[DistributedRow], path: Path, *, preset: str, residual: dict) -> None:
     """Append one row per configuration (long format) with machine, load, git SHA and timestamp."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     context = {
         "machine": machine(),
         "load_1min": f"{os.getloadavg()[0]:.2f}",
-        "git_sha": _git_sha(),
-        "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "git_sha": git_sha(),
+        "timestamp": timestamp(),
         "preset": preset,
         "residual": f"{residual['variant']}-n{residual.get('n', 1)}",
     }
     records = [{**context, **asdict(row)} for row in rows]
-    new_file = not path.exists()
-    with path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(records[0]))
-        if new_file:
-            writer.writeheader()
-        writer.writerows(records)
+    append_rows(records, path)

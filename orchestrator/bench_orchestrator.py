@@ -26,8 +26,6 @@ Rows (machine, git SHA, timestamp, metric, value, target) are appended to a CSV 
 
 from __future__ import annotations
 
-import csv
-import datetime as dt
 import os
 import platform
 import statistics
@@ -40,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from models.benchlog import append_rows, git_sha, timestamp
 
 __all__ = ["OrchestratorBenchmark", "RunTiming", "Target", "append_csv", "prepare_sweep", "run_benchmark"]
 
@@ -296,22 +296,12 @@ def machine() -> str:
     return f"{platform.node()} {model} ({os.cpu_count()} cores)"
 
 
-def _git_sha() -> str:
-    try:
-        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).resolve().parent, check=True)
-        return done.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def append_csv(result: OrchestratorBenchmark, path: Path) -> None:
     """Append one row per metric (long format) with machine, git SHA and timestamp."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     context = {
         "machine": machine(),
-        "git_sha": _git_sha(),
-        "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "git_sha": git_sha(),
+        "timestamp": timestamp(),
         "sweep": result.sweep,
         "runs": result.num_runs,
         "cores": result.cores,
@@ -322,9 +312,4 @@ def append_csv(result: OrchestratorBenchmark, path: Path) -> None:
          "meets_target": "" if target is None or value is None else str(target.met(value))}
         for metric, value, unit, target in result.rows()
     ]
-    new_file = not path.exists()
-    with path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(records[0]))
-        if new_file:
-            writer.writeheader()
-        writer.writerows(records)
+    append_rows(records, path)
