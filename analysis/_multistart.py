@@ -25,7 +25,14 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import optimize
 
-__all__ = ["BatchObjective", "LbfgsbOptions", "MultiStartResult", "minimize_many"]
+__all__ = [
+    "NUM_SCREENED_STARTS",
+    "BatchObjective",
+    "LbfgsbOptions",
+    "MultiStartResult",
+    "minimize_many",
+    "screen_starts",
+]
 
 BatchObjective = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 """`(x_SP, rows_S) -> (f_S, grad_SP)`: objective and gradient at S points; `rows` are the starts' indices."""
@@ -33,6 +40,16 @@ BatchObjective = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray
 # setulb's task codes (scipy/optimize/_lbfgsb_py.py, status_messages / task_messages).
 _TASK_NEW_X, _TASK_FG, _TASK_CONVERGENCE, _TASK_STOP = 1, 3, 4, 5
 _STOP_MAXFUN, _STOP_MAXITER = 502, 504
+
+NUM_SCREENED_STARTS = 64
+"""Starts of a grid that L-BFGS-B is run from: the ones with the lowest objective (`screen_starts`).
+
+Evaluating the objective at all 4,500 Chinchilla-grid starts is one vectorised pass (~0.01 s); running
+L-BFGS-B from all of them took ~10 s per fit on 2 shared cores, and the rollout and the report fit the
+surface many times. On Epoch AI's Chinchilla data ~1,000 of the 4,500 starts end at the best optimum and
+the start with the lowest objective is one of them (22-24 of the best 64 are); the best 64 give the full
+grid's optimum to 2e-7 relative in every parameter (240 points; 2.5e-8 on all 245) for ~40x less time.
+64 rather than 16-32 leaves margin for data whose best basin is reached from fewer starts, at ~0.1 s."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -75,6 +92,19 @@ def minimize_many(
     options = LbfgsbOptions() if options is None else options
     with _one_blas_thread():
         return _minimize(fg, x0, options)
+
+
+def screen_starts(fg: BatchObjective, x0: np.ndarray, keep: int = NUM_SCREENED_STARTS) -> np.ndarray:
+    """Indices of the `keep` rows of `x0` with the lowest objective, best first (all rows if fewer).
+
+    One objective call over every start (no optimisation); non-finite objectives sort last. Ties keep the
+    grid order, so the selection is deterministic. Only for starts of one problem: `fg` sees rows 0..S-1."""
+    x0 = np.array(x0, dtype=np.float64, ndmin=2)
+    if x0.shape[0] <= keep:
+        return np.arange(x0.shape[0])
+    f, _ = fg(x0, np.arange(x0.shape[0]))
+    f = np.where(np.isfinite(f), f, np.inf)
+    return np.argsort(f, kind="stable")[:keep]
 
 
 def _one_blas_thread() -> contextlib.AbstractContextManager:

@@ -55,7 +55,7 @@ class AnalysisConfig:
     seed: int = 0
     """Seed of every resampling."""
     chinchilla: bool = True
-    """Also fit the Chinchilla surface L(N, D) per arm (a 4,500-start grid per arm: seconds each)."""
+    """Also fit the Chinchilla surface L(N, D) per arm (a 4,500-start grid per arm, screened to 64)."""
     exclude_repeated: bool = False
     """Leave runs that repeated data (epochs > 1) out of comparisons and fits (they are always marked)."""
     extrapolate: float = 10.0
