@@ -158,6 +158,6 @@ def test_fsdp2_sharding_after_recomputation_gives_the_one_process_gradients(poli
     model = build_model(config, seed=0)
     tokens, targets = _batch(config.vocab_size, batch=4)
     model(tokens, targets).backward()
-    sharded = torch.load(out)
+    sharded = torch.load(out, weights_only=True)
     for name, p in model.named_parameters():
         torch.testing.assert_close(sharded[name], p.grad, rtol=1e-5, atol=1e-7, msg=name)
