@@ -103,6 +103,15 @@ class Router(nn.Module):
         nn.init.normal_(self.weight, std=init_std)
 
 
+def _recomputing() -> bool:
+    """True while activation checkpointing reruns a forward inside the backward pass (`models.recompute`).
+
+    The rerun must not count its tokens a second time. Autograd has no public flag for it: the engine's
+    current graph-task id is −1 outside a backward pass.
+    """
+    return torch._C._current_graph_task_id() != -1
+
+
 def sort_by_expert(top_idx_TK: Tensor, num_experts: int) -> tuple[Tensor, Tensor]:
     """Dispatch: order_N lists the flattened (token, k) positions grouped by expert; counts_E the group sizes.
 
@@ -295,7 +304,7 @@ class MoE(nn.Module):
         batch, seq_len, dim = x_BSC.shape
         top_idx_TK, weights_TK, scores_TE = self.router(x_BSC.reshape(-1, dim))
         order_N, counts_E = sort_by_expert(top_idx_TK, self.config.num_routed_experts)
-        if self.training:
+        if self.training and not _recomputing():
             with torch.no_grad():
                 self.tokens_per_expert += counts_E
         coef = self.config.seq_aux_loss_coef
@@ -316,8 +325,9 @@ class MoE(nn.Module):
         """Loss-free balancing step, for the trainer to call after each optimizer step; returns the load used.
 
         b += γ · sign(mean load − load), then the counts restart. With nothing counted every sign is 0, so the
-        call is a no-op without a host sync. The sign ignores a uniform scale, so activation checkpointing
-        (which reruns forward and counts twice) does not change the update. Under data parallelism all-reduce
+        call is a no-op without a host sync. Forward passes rerun by activation checkpointing do not count
+        (`_recomputing`), so the counts, and the logged load statistics, are the same with or without it.
+        Under data parallelism all-reduce
         ``tokens_per_expert`` (sum) before calling this.
         """
         load_E = self.tokens_per_expert.clone()

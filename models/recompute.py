@@ -28,8 +28,8 @@ modules, so FSDP2's pre-forward hook all-gathers during recomputation too (it sk
 unsharded for backward). Under ``mhc`` a region spanning several blocks all-gathers each earlier block once more
 in backward; ``block`` regions coincide with FSDP units.
 
-MoE state: recomputation re-runs the loss-free balancing counter update, so ``block`` and ``mhc`` count each
-token twice, which the sign-based bias update ignores (`models.moe.MoE`). torch.compile of a ``mhc`` model is
+MoE state: the rerun forward skips the loss-free balancing counter update (`models.moe._recomputing`), so
+every policy counts each token once. torch.compile of a ``mhc`` model is
 untested: the policy reads a Python flag set by module hooks.
 """
 

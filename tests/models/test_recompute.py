@@ -32,15 +32,20 @@ def _loss_and_grads(variant: str, n: int, policy: str | None, group_size: int | 
     tokens, targets = _batch(config.vocab_size)
     loss = model(tokens, targets)
     loss.backward()
-    return loss.detach(), {name: p.grad for name, p in model.named_parameters()}
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    return loss.detach(), grads, [layer.expert_load() for layer in model.moe_layers()]
 
 
 @pytest.mark.parametrize(("variant", "n"), VARIANTS)
 @pytest.mark.parametrize(("policy", "group_size"), [("block", None), ("mhc", None), ("mhc", 2)])
 def test_recomputation_gives_the_no_recompute_loss_and_gradients(variant, n, policy, group_size):
-    ref_loss, ref_grads = _loss_and_grads(variant, n, None)
-    loss, grads = _loss_and_grads(variant, n, policy, group_size)
+    ref_loss, ref_grads, ref_loads = _loss_and_grads(variant, n, None)
+    loss, grads, loads = _loss_and_grads(variant, n, policy, group_size)
     assert loss.item() == pytest.approx(ref_loss.item(), abs=1e-6)
+    tokens = _batch(1)[0].numel()
+    for load_E, ref_load_E in zip(loads, ref_loads, strict=True):  # the rerun forward counts nothing
+        assert load_E.sum().item() == ref_load_E.sum().item() == tokens * get_preset("nano").moe.top_k
+        torch.testing.assert_close(load_E, ref_load_E, atol=0, rtol=0)
     assert grads.keys() == ref_grads.keys()
     for name, grad in grads.items():
         assert grad is not None, name
