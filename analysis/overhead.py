@@ -2,9 +2,11 @@
 
 A comparison is made only within one *cell*: the same size, the same ``hardware`` tag (falling back to
 ``device``) and the same tokens per optimizer step (step time scales with it; a sweep may zip batch size with
-budget). Runs on different hardware are never pooled: a variant that ran at a size on hardware where the
-baseline did not gets a row with status ``no_baseline_on_this_hardware`` (``no_baseline_at_this_size`` where
-the baseline has no finished run at that size at all) and the hardware the baseline did run on, and no number.
+budget). Runs on different hardware are never pooled. A variant's cell without a baseline run gets no number
+and one of three statuses, from the most specific: ``no_baseline_at_this_batch`` (the baseline ran at this size
+on this hardware, but only at other tokens per step), ``no_baseline_on_this_hardware`` (it ran at this size
+only on other hardware; ``baseline_hardware`` names it) and ``no_baseline_at_this_size``; ``reason`` says which
+in words, for notes and hover text.
 
 Per run the quantity is the median step time after the warm-up (analysis/runs.py), tokens/s at that median, or
 ``final/peak_memory_mb``; only FINISHED runs count. Across runs (seeds, budgets) the change is the ratio of
@@ -47,6 +49,7 @@ _SCHEMA = {
     "status": pl.String,
     "baseline_hardware": pl.String,
     "size_on_several_hardware": pl.Boolean,
+    "reason": pl.String,
 }
 
 
@@ -65,14 +68,30 @@ def _welch(x: np.ndarray, y: np.ndarray, confidence: float) -> tuple[float, floa
     return float(np.expm1(diff)), float(np.expm1(diff - half)), float(np.expm1(diff + half))
 
 
+def _why_not_compared(
+    size: str, hardware: str, baseline_batches: dict[tuple[str, str], list[float]], baseline_sizes: set[str]
+) -> dict[str, str | None]:
+    """The status and reason of a cell without baseline runs (the hardware reason is filled in by `overhead`)."""
+    if batches := baseline_batches.get((size, hardware)):
+        listed = ", ".join(f"{tps:,.0f}" for tps in sorted(batches))
+        return {
+            "status": "no_baseline_at_this_batch",
+            "reason": f"the baseline ran at this size on this hardware only at {listed} tokens per step",
+        }
+    if size in baseline_sizes:
+        return {"status": "no_baseline_on_this_hardware", "reason": None}
+    return {"status": "no_baseline_at_this_size", "reason": "the baseline has no finished run at this size"}
+
+
 def overhead(runs: pl.DataFrame, *, baseline: str = "residual", confidence: float = 0.95) -> pl.DataFrame:
     """Overhead of every non-baseline arm per (size, hardware, tokens_per_step) cell and quantity.
 
     Columns: size, hardware, tokens_per_step, arm, quantity (step_time | tokens_per_s | peak_memory),
     num_runs, num_baseline_runs, value and baseline_value (geometric means), change_pct, lower_pct, upper_pct,
-    status (ok | too_few_runs | no_baseline_on_this_hardware | no_baseline_at_this_size), baseline_hardware
-    (where the baseline ran at this size, for flagged rows), size_on_several_hardware (the size's runs span
-    several hardware tags: read per hardware).
+    status (ok | too_few_runs | no_baseline_at_this_batch | no_baseline_on_this_hardware |
+    no_baseline_at_this_size), baseline_hardware (where the baseline ran at this size, for
+    no_baseline_on_this_hardware rows), size_on_several_hardware (the size's runs span several hardware tags:
+    read per hardware), reason (why a row has no number, in words; null for compared rows).
     """
     finished = runs.filter(pl.col("status") == "FINISHED")
     spread = finished.group_by("size").agg(pl.col("hardware").n_unique().alias("_num_hw"))
@@ -81,7 +100,11 @@ def overhead(runs: pl.DataFrame, *, baseline: str = "residual", confidence: floa
         .group_by("size")
         .agg(pl.col("hardware").unique().sort().str.join(", ").alias("_base_hw"))
     )
-    baseline_sizes = set(finished.filter(pl.col("arm") == baseline).get_column("size").to_list())
+    baseline_runs = finished.filter(pl.col("arm") == baseline)
+    baseline_sizes = set(baseline_runs.get_column("size").to_list())
+    baseline_batches: dict[tuple[str, str], list[float]] = {}
+    for size, hardware, tps in baseline_runs.select("size", "hardware", "tokens_per_step").unique().iter_rows():
+        baseline_batches.setdefault((size, hardware), []).append(tps)
     rows = []
     for quantity, column in OVERHEAD_QUANTITIES.items():
         usable = finished.filter(pl.col(column).is_finite() & (pl.col(column) > 0))
@@ -102,10 +125,7 @@ def overhead(runs: pl.DataFrame, *, baseline: str = "residual", confidence: floa
                 "value": float(np.exp(np.log(values).mean())),
             }
             if base is None:
-                status = (
-                    "no_baseline_on_this_hardware" if size in baseline_sizes else "no_baseline_at_this_size"
-                )
-                row.update(status=status, num_baseline_runs=0)
+                row.update(num_baseline_runs=0, **_why_not_compared(size, hardware, baseline_batches, baseline_sizes))
             else:
                 change, lo, hi = _welch(values, base, confidence)
                 row.update(
@@ -130,6 +150,10 @@ def overhead(runs: pl.DataFrame, *, baseline: str = "residual", confidence: floa
             pl.when(pl.col("status") == "no_baseline_on_this_hardware")
             .then(pl.col("_base_hw"))
             .alias("baseline_hardware"),
+            pl.when(pl.col("status") == "no_baseline_on_this_hardware")
+            .then(pl.format("the baseline ran at this size only on {}", pl.col("_base_hw")))
+            .otherwise(pl.col("reason"))
+            .alias("reason"),
             (pl.col("_num_hw") > 1).fill_null(False).alias("size_on_several_hardware"),
         )
         .drop("_num_hw", "_base_hw")

@@ -212,13 +212,12 @@ def analyze_frames(
     if multipliers.is_empty() and runs.get_column("arm").n_unique() > 1:
         notes.append(f"no compute multipliers: the baseline ({config.baseline}) has no L(C) fit")
     costs = overhead(runs, baseline=config.baseline, confidence=config.confidence)
-    flagged = costs.filter(
-        pl.col("status") == "no_baseline_on_this_hardware", pl.col("quantity") == "step_time"
-    )
+    flagged = costs.filter(pl.col("reason").is_not_null(), pl.col("quantity") == "step_time")
     for row in flagged.iter_rows(named=True):
         notes.append(
-            f"overhead of {row['arm']} at {row['size']} on {row['hardware']!r} not computed: the baseline "
-            f"ran at this size only on {row['baseline_hardware']} (hardware is never mixed)"
+            f"overhead of {row['arm']} at {row['size']} on {row['hardware']!r} "
+            f"({row['tokens_per_step']:,.0f} tokens per step) not computed: {row['reason']}"
+            + (" (hardware is never mixed)" if row["status"] == "no_baseline_on_this_hardware" else "")
         )
     per_run, events = stability_by_run(runs, history, rules=config.spike_rules)
     sizes = (

@@ -479,13 +479,11 @@ def overhead_figure(overhead: pl.DataFrame, sizes: pl.DataFrame) -> go.Figure:
                         y=[0.0] * flagged.height,
                         mode="markers",
                         marker={"symbol": "x", "color": color, "size": 11, "line": {"width": 1}},
-                        name=f"{arm}: not compared (no baseline on this hardware)",
+                        name=f"{arm}: not compared (no baseline run in this cell)",
                         legendgroup=arm,
                         showlegend=col == 1,
-                        customdata=flagged.select("baseline_hardware").rows(),
-                        hovertemplate="%{x}<br>not compared: "
-                        "the baseline ran at this size only on %{customdata[0]}"
-                        "<extra>" + arm + "</extra>",
+                        customdata=flagged.select("reason").rows(),
+                        hovertemplate="%{x}<br>not compared: %{customdata[0]}<extra>" + arm + "</extra>",
                     ),
                     row=1,
                     col=col,

@@ -150,8 +150,9 @@ def test_overhead_bars_are_the_overhead_frame_and_flagged_cells_are_marked(dashb
     order = {size: i for i, size in enumerate(results.sizes.get_column("size"))}
     drawn = drawn.sort(pl.col("size").replace_strict(order))
     np.testing.assert_array_equal(values(bars["y"]), drawn.get_column("change_pct").to_numpy())
-    flagged = trace(figure, "mhc: not compared (no baseline on this hardware)", xaxis="x")
-    assert flagged["x"] == ["p1 · hw2"] and flagged["customdata"] == [[HARDWARE]]
+    flagged = trace(figure, "mhc: not compared (no baseline run in this cell)", xaxis="x")
+    assert flagged["x"] == ["p1 · hw2"]
+    assert flagged["customdata"] == [[f"the baseline ran at this size only on {HARDWARE}"]]
     assert "hw2 = NVIDIA H100 80GB HBM3" in figure["layout"]["title"]["subtitle"]["text"]
 
 
