@@ -1,23 +1,18 @@
 """Operating a sweep on real Ray with a real MLflow store: a worker node dies, `ladder submit` runs as a Ray
 job, `ladder cancel` stops a running sweep. Every grid point still ends FINISHED exactly once.
 
-Each test gets its own Ray temp folder (``RAY_TMPDIR``): its clusters' sockets, logs and address file stay out
-of ``/tmp/ray``, which other Ray users on the machine share, and teardown ends exactly the processes whose
-environment names that folder (never `ray stop`, which kills every Ray process on the machine).
+Each test gets its own Ray temp folder (the `ray_tmpdir` fixture, `conftest.RayTemp`): teardown ends exactly
+the processes whose environment names that folder.
 """
 
-import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator.checkpoint import list_checkpoints
@@ -35,63 +30,6 @@ base:
 grid:
 {grid}
 """
-
-
-@pytest.fixture
-def ray_tmpdir(monkeypatch):
-    """A private, short (unix sockets) Ray temp folder; its processes are ended and it is removed after."""
-    path = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
-    monkeypatch.setenv("RAY_TMPDIR", str(path))
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
-    # `connect` sets this for loopback clusters; registering it here restores it after the test.
-    multi_node = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-    monkeypatch.setenv(multi_node, os.environ.get(multi_node, "1"))
-    yield path
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    _end_processes_of(path)
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def _processes_of(ray_tmpdir: Path) -> list[int]:
-    """Processes (other than this one) started with RAY_TMPDIR=ray_tmpdir: this test's Ray processes only."""
-    marker = f"RAY_TMPDIR={ray_tmpdir}".encode()
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            if marker in (proc / "environ").read_bytes().split(b"\0"):
-                pids.append(int(proc.name))
-        except OSError:  # gone, or not ours to read
-            continue
-    return pids
-
-
-def _end_processes_of(ray_tmpdir: Path, grace_s: float = 5.0) -> None:
-    """SIGTERM this test's Ray processes, then SIGKILL whatever is left after ``grace_s``."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        pids = _processes_of(ray_tmpdir)
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + grace_s
-        while pids and time.monotonic() < deadline:
-            pids = [pid for pid in pids if _alive(pid)]
-            time.sleep(0.1)
-        if not pids:
-            return
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 def _write_sweep(tmp_path: Path, data_cache_dir: Path, name: str, grid: str, extra: str = "") -> Path:
@@ -211,7 +149,7 @@ def test_ladder_submit_runs_as_a_ray_job_entrypoint(tmp_path, pd_literary_datase
         assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
         assert "succeeded" in done.stdout + done.stderr
     finally:
-        _end_processes_of(ray_tmpdir)
+        ray_tmpdir.end_processes()
     _assert_each_point_finished_exactly_once(tmp_path / "mlruns.db", "as-job", points)
 
 

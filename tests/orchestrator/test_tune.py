@@ -9,11 +9,9 @@ generous deadline, and no assertion is about how long anything took.
 
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -370,34 +368,8 @@ budget: {n_trials: 1, parallelism: 1}
     assert len(_child_runs(spec)[run_key]) == 1
 
 
-def _ray_processes(ray_tmpdir: Path) -> list[int]:
-    """Live processes started with RAY_TMPDIR=ray_tmpdir: the driver subprocess's Ray, and only it."""
-    marker = f"RAY_TMPDIR={ray_tmpdir}".encode()
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            if marker in (proc / "environ").read_bytes().split(b"\0"):
-                state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-                if state != "Z":
-                    pids.append(int(proc.name))
-        except (OSError, IndexError):  # gone, or not ours to read
-            continue
-    return pids
-
-
-def _kill_ray_of(ray_tmpdir: Path) -> None:
-    """SIGKILL whatever of the subprocess's Ray outlived its driver, and wait until it is gone: an orphaned
-    worker would keep training (and beating for) a trial that the rerun must find dead."""
-    for pid in _ray_processes(ray_tmpdir):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    _wait_for("the killed driver's Ray processes to exit", lambda: None if _ray_processes(ray_tmpdir) else True)
-
-
 def test_killing_the_driver_mid_study_and_rerunning_completes_it_without_duplicates(
-    tmp_path, pd_literary_dataset, data_cache_dir, local_ray
+    tmp_path, pd_literary_dataset, data_cache_dir, local_ray, ray_temp
 ):
     path = _write(
         tmp_path,
@@ -416,12 +388,11 @@ budget: {n_trials: 4, parallelism: 2}
     runs_dir = Path(spec.storage)
     log_path = tmp_path / "driver.log"
     # Its own Ray temp folder: the driver's embedded Ray is told apart from the fixture's (and anyone's) by it.
-    ray_tmpdir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
     source_root = str(Path(orchestrator.__file__).resolve().parents[1])  # the code this test imported
     env = {
         **os.environ,
         **RAY_ENV,
-        "RAY_TMPDIR": str(ray_tmpdir),
+        "RAY_TMPDIR": str(ray_temp.path),
         "PYTHONPATH": os.pathsep.join(filter(None, [source_root, os.environ.get("PYTHONPATH")])),
     }
     with log_path.open("wb") as log:
@@ -466,8 +437,9 @@ budget: {n_trials: 4, parallelism: 2}
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=WAIT_S)
-        _kill_ray_of(ray_tmpdir)
-        shutil.rmtree(ray_tmpdir, ignore_errors=True)
+        # An orphaned worker would keep training (and beating for) a trial that the rerun must find dead.
+        survivors = ray_temp.end_processes(signals=(signal.SIGKILL,), grace_s=WAIT_S)
+        assert not survivors, f"the killed driver's Ray processes {survivors} outlived SIGKILL for {WAIT_S:.0f} s"
     before = {t.number: t for t in _study(spec).get_trials()}
     interrupted = [
         t for t in before.values() if t.state.name == "RUNNING" and t.user_attrs.get("run_key") in mid
