@@ -44,7 +44,7 @@ from orchestrator.checkpoint import run_lock
 from orchestrator.data import BatchSampler, load_dataset
 from orchestrator.distributed.parallel import Parallel, check_parallel
 from orchestrator.distributed.state import load_train_state, save_train_state
-from orchestrator.runspec import RunSpec
+from orchestrator.runspec import RESOURCE_FIELDS, RunSpec
 from orchestrator.schedule import lr_multiplier
 from orchestrator.tracking import RunTracker, find_run
 
@@ -285,15 +285,25 @@ def _run_locked(
     step_fn = torch.compile(forward_model) if training.compile else forward_model
 
     params = count_parameters(spec.model)
-    # Resources are tags, not params: MLflow params are immutable, and a run may resume on other workers.
-    resources = {f"resources.{name}": str(value) for name, value in spec.resources.model_dump().items()}
+    # MLflow params are immutable and define the result. What does not change the trained weights (resources,
+    # threads, device, compile, checkpoint cadence, data cache: the fields the run key leaves out) is logged as
+    # tags instead, so a run may resume with other ones, and the tags say what the latest attempt ran with.
+    settings = {f"resources.{name}": str(value) for name, value in spec.resources.model_dump().items()}
+    settings |= {
+        f"{section}.{name}": str(getattr(getattr(spec, section), name))
+        for section, names in RESOURCE_FIELDS.items()
+        for name in sorted(names)
+    }
+    result_defining = spec.model_dump(
+        mode="json", exclude={"tracking": True, "tags": True, "resources": True, **RESOURCE_FIELDS}
+    )
     tracker = (
         RunTracker.open(
             spec.tracking,
             run_key=spec.run_key,
             run_name=spec.name or spec.run_key,
-            tags={**_coordinates(spec), **resources},
-            params=spec.model_dump(mode="json", exclude={"tracking", "tags", "resources"}),
+            tags={**_coordinates(spec), **settings},
+            params=result_defining,
             parent_run_id=parent_run_id,
         )
         if parallel.is_main

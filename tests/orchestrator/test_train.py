@@ -150,3 +150,34 @@ def test_on_eval_can_stop_a_run_early_as_pruned(tmp_path, pd_literary_config):
     assert result.status == "PRUNED" and result.steps == 20 and len(seen) == 1
     mlflow_run = MlflowClient(spec.tracking.uri).get_run(result.run_id)
     assert mlflow_run.info.status == "KILLED" and mlflow_run.data.tags["failure_reason"] == "pruned"
+
+
+class _Interrupt(Exception):
+    """Raised from a step callback: the run stops there as a crash would stop it."""
+
+
+def test_a_run_resumes_with_other_threads_and_checkpoint_cadence_which_are_tags_not_params(
+    tmp_path, pd_literary_config
+):
+    first_spec = _spec(tmp_path, pd_literary_config, steps=8, checkpoint_every=4, threads=1)
+
+    def stop_at_6(report):
+        if report.step == 6:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        run(first_spec, on_step=stop_at_6)
+    resumed_spec = _spec(tmp_path, pd_literary_config, steps=8, checkpoint_every=2, threads=2)
+    assert resumed_spec.run_key == first_spec.run_key  # neither field changes the trained weights
+    result = run(resumed_spec)
+    assert result.status == "FINISHED" and result.resumed_from == 4 and len(result.losses) == 4
+    mlflow_run = MlflowClient(first_spec.tracking.uri).get_run(result.run_id)
+    assert mlflow_run.data.tags["attempt"] == "2"
+    assert mlflow_run.data.tags["training.threads"] == "2"
+    assert mlflow_run.data.tags["training.checkpoint_every"] == "2"
+    assert mlflow_run.data.tags["data.cache_dir"] == pd_literary_config.cache_dir
+    assert mlflow_run.data.tags["resources.cpus"] == str(resumed_spec.resources.cpus)
+    params = mlflow_run.data.params
+    assert "training.threads" not in params and "training.checkpoint_every" not in params
+    assert "data.cache_dir" not in params and "resources.cpus" not in params
+    assert params["training.lr"] == str(first_spec.training.lr) and params["model.name"] == "nano"
