@@ -28,13 +28,13 @@ from models.errors import ConfigError
 __all__ = [
     "AttentionConfig",
     "ConfigModel",
-    "ModelConfig",
     "MoEConfig",
+    "ModelConfig",
     "ResidualConfig",
     "ResidualVariant",
-    "validation_problems",
     "parse_config",
     "rule_violation",
+    "validation_problems",
 ]
 
 ResidualVariant = Literal["residual", "hc", "mhc", "mhc-lite"]

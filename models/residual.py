@@ -27,7 +27,6 @@ Initialisation (documented choices where the mHC paper is silent, MHC_SPEC §1.2
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar
 
 import torch
 from torch import Tensor, nn

@@ -252,7 +252,9 @@ def bench_orchestrator(
     sweep_file: Annotated[
         Path | None, typer.Argument(help="Sweep YAML; default sweeps/quickstart.yaml (24 runs, ~10 min on 2 cores).")
     ] = None,
-    scale: Annotated[float, typer.Option(help="Multiply every budget (quickstart at 0.25: a few minutes on 2 cores).")] = 1.0,
+    scale: Annotated[
+        float, typer.Option(help="Multiply every budget (quickstart at 0.25: a few minutes on 2 cores).")
+    ] = 1.0,
     workdir: Annotated[
         Path | None, typer.Option(help="Fresh folder for the store and checkpoints (default: a temp folder).")
     ] = None,
@@ -342,7 +344,9 @@ def train(
     except ConfigError as error:
         _fail(error)
     console.print(f"run [bold]{spec.run_key}[/bold] → {spec.tracking.uri} (experiment {spec.tracking.experiment})")
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[status]}"), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[status]}"), TimeRemainingColumn()
+    )
     with Progress(*columns, console=console) as progress:
         task = progress.add_task(spec.name or spec.run_key, total=spec.total_steps(), status="starting")
 

@@ -3,7 +3,8 @@
 A RunSpec = model config + training config + data + tracking (+ where checkpoints live and the grid coordinates
 as tags). Sweeps produce RunSpecs; `ladder train run.yaml` reads one. The `run_key` hashes the canonical resolved
 config (sorted keys, every default spelled out), leaving out what does not change the trained weights:
-resources (workers, sharding, threads, device, compile), checkpoint cadence, the data cache location, tracking and storage.
+resources (workers, sharding, threads, device, compile), checkpoint cadence, the data cache location, tracking
+and storage.
 
 Training recipe defaults follow the mHC paper (Table 5): AdamW β = (0.9, 0.95), weight decay 0.1, step decay to
 0.316× and 0.1× at 80 % and 90 % of the steps, warm-up. Differences, chosen for CPU-scale proxies: warm-up is a

@@ -83,7 +83,7 @@ class RunResult:
     losses: list[float] = field(default_factory=list)  # training losses of the steps run in this call
 
 
-class Diverged(Exception):
+class DivergedError(Exception):
     """The loss became non-finite or spiked beyond the configured factor."""
 
 
@@ -242,7 +242,7 @@ def run_on_worker(
         return _run_locked(spec, parallel, parent_run_id, on_step, on_eval)
 
 
-class Pruned(Exception):
+class PrunedError(Exception):
     """The caller's ``on_eval`` asked to stop the run early."""
 
 
@@ -357,7 +357,7 @@ def _run_locked(
                 if not math.isfinite(step_loss) or step_loss > training.divergence_factor * best_loss:
                     tracker.log_metrics({"train/loss": step_loss}, step + 1)
                     tracker.set_tags({"diverged_step": str(step + 1)})
-                    raise Diverged(f"loss {step_loss:.4g} at step {step + 1} (best {best_loss:.4g})")
+                    raise DivergedError(f"loss {step_loss:.4g} at step {step + 1} (best {best_loss:.4g})")
                 best_loss = min(best_loss, step_loss)
                 grad_norm = parallel.clip_grad_norm(list(model.parameters()), training.grad_clip)
                 optimizer.step()
@@ -390,7 +390,7 @@ def _run_locked(
                         and done < total_steps
                         and parallel.broadcast(on_eval(done, val_loss) if parallel.is_main else None)
                     ):
-                        raise Pruned(f"stopped by the caller at step {done} (validation loss {val_loss:.4f})")
+                        raise PrunedError(f"stopped by the caller at step {done} (validation loss {val_loss:.4f})")
                 if done % training.checkpoint_every == 0 or done == total_steps:
                     # Metrics first, then the checkpoint: whatever step a resume starts from, every step before
                     # it is already in the store, so a kill at any moment leaves no gap in the histories.
@@ -399,7 +399,7 @@ def _run_locked(
                     save_train_state(parallel, spec.run_dir, done, model, optimizer, {"best_loss": best_loss})
                 if on_step is not None:
                     on_step(StepReport(done, total_steps, step_loss, training.tokens_per_step / elapsed, val_loss))
-        except Diverged as error:
+        except DivergedError as error:
             log.warning("run %s diverged: %s", spec.run_key, error)
             tracker.finish("FAILED", failure_reason="diverged")
             return RunResult(
@@ -418,7 +418,7 @@ def _run_locked(
             tracker.set_tags({"failure_detail": f"{type(error).__name__}: {error}"[:8000]})
             tracker.finish("FAILED", failure_reason="oom")
             raise
-        except Pruned as error:
+        except PrunedError as error:
             log.info("run %s %s", spec.run_key, error)
             tracker.finish("KILLED", failure_reason="pruned")
             return RunResult(

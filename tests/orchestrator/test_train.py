@@ -152,7 +152,7 @@ def test_on_eval_can_stop_a_run_early_as_pruned(tmp_path, pd_literary_config):
     assert mlflow_run.info.status == "KILLED" and mlflow_run.data.tags["failure_reason"] == "pruned"
 
 
-class _Interrupt(Exception):
+class _StopTrainingError(Exception):
     """Raised from a step callback: the run stops there as a crash would stop it."""
 
 
@@ -163,9 +163,9 @@ def test_a_run_resumes_with_other_threads_and_checkpoint_cadence_which_are_tags_
 
     def stop_at_6(report):
         if report.step == 6:
-            raise _Interrupt
+            raise _StopTrainingError
 
-    with pytest.raises(_Interrupt):
+    with pytest.raises(_StopTrainingError):
         run(first_spec, on_step=stop_at_6)
     resumed_spec = _spec(tmp_path, pd_literary_config, steps=8, checkpoint_every=2, threads=2)
     assert resumed_spec.run_key == first_spec.run_key  # neither field changes the trained weights
