@@ -69,17 +69,20 @@ def _welch(x: np.ndarray, y: np.ndarray, confidence: float) -> tuple[float, floa
 
 
 def _why_not_compared(
-    size: str, hardware: str, baseline_batches: dict[tuple[str, str], list[float]], baseline_sizes: set[str]
-) -> dict[str, str | None]:
-    """The status and reason of a cell without baseline runs (the hardware reason is filled in by `overhead`)."""
+    size: str, hardware: str, baseline_batches: dict[tuple[str, str], list[float]], baseline_hardware: dict[str, str]
+) -> dict[str, str]:
+    """The status and reason of a cell without baseline runs, most specific first."""
     if batches := baseline_batches.get((size, hardware)):
         listed = ", ".join(f"{tps:,.0f}" for tps in sorted(batches))
         return {
             "status": "no_baseline_at_this_batch",
             "reason": f"the baseline ran at this size on this hardware only at {listed} tokens per step",
         }
-    if size in baseline_sizes:
-        return {"status": "no_baseline_on_this_hardware", "reason": None}
+    if size in baseline_hardware:
+        return {
+            "status": "no_baseline_on_this_hardware",
+            "reason": f"the baseline ran at this size only on {baseline_hardware[size]}",
+        }
     return {"status": "no_baseline_at_this_size", "reason": "the baseline has no finished run at this size"}
 
 
@@ -101,7 +104,7 @@ def overhead(runs: pl.DataFrame, *, baseline: str = "residual", confidence: floa
         .agg(pl.col("hardware").unique().sort().str.join(", ").alias("_base_hw"))
     )
     baseline_runs = finished.filter(pl.col("arm") == baseline)
-    baseline_sizes = set(baseline_runs.get_column("size").to_list())
+    baseline_hardware = dict(base_hw.iter_rows())
     baseline_batches: dict[tuple[str, str], list[float]] = {}
     for size, hardware, tps in baseline_runs.select("size", "hardware", "tokens_per_step").unique().iter_rows():
         baseline_batches.setdefault((size, hardware), []).append(tps)
@@ -125,7 +128,8 @@ def overhead(runs: pl.DataFrame, *, baseline: str = "residual", confidence: floa
                 "value": float(np.exp(np.log(values).mean())),
             }
             if base is None:
-                row.update(num_baseline_runs=0, **_why_not_compared(size, hardware, baseline_batches, baseline_sizes))
+                why = _why_not_compared(size, hardware, baseline_batches, baseline_hardware)
+                row.update(num_baseline_runs=0, **why)
             else:
                 change, lo, hi = _welch(values, base, confidence)
                 row.update(
@@ -150,10 +154,6 @@ def overhead(runs: pl.DataFrame, *, baseline: str = "residual", confidence: floa
             pl.when(pl.col("status") == "no_baseline_on_this_hardware")
             .then(pl.col("_base_hw"))
             .alias("baseline_hardware"),
-            pl.when(pl.col("status") == "no_baseline_on_this_hardware")
-            .then(pl.format("the baseline ran at this size only on {}", pl.col("_base_hw")))
-            .otherwise(pl.col("reason"))
-            .alias("reason"),
             (pl.col("_num_hw") > 1).fill_null(False).alias("size_on_several_hardware"),
         )
         .drop("_num_hw", "_base_hw")
