@@ -70,12 +70,14 @@ def test_grouped_experts_match_float64_per_expert_loop_with_empty_experts(backen
     experts = GroupedExperts(dim=8, expert_dim=12, num_experts=5, backend=backend)
     experts.reset_parameters(0.3)
     x_NC = torch.randn(37, 8, requires_grad=True)
+    gate_N = (0.5 + torch.rand(37)).requires_grad_()  # each copy's routing weight
     params64 = [p.detach().double().requires_grad_() for p in (experts.w1, experts.w3, experts.w2)]
     x64_NC = x_NC.detach().double().requires_grad_()
+    gate64_N = gate_N.detach().double().requires_grad_()
 
-    y_NC = experts(x_NC, counts_E)
+    y_NC = experts(x_NC, counts_E, gate_N)
     blocks = x64_NC.split(counts_E.tolist())
-    y64_NC = torch.cat([_swiglu64(b, *(p[e] for p in params64)) for e, b in enumerate(blocks)])
+    y64_NC = gate64_N[:, None] * torch.cat([_swiglu64(b, *(p[e] for p in params64)) for e, b in enumerate(blocks)])
     if loss == "sum":  # .sum() hands back a stride-0 gradient, which raw torch._grouped_mm backward rejects
         cot_NC = torch.ones(37, 8)
         y_NC.sum().backward()
@@ -86,6 +88,7 @@ def test_grouped_experts_match_float64_per_expert_loop_with_empty_experts(backen
 
     torch.testing.assert_close(y_NC, y64_NC.float(), atol=ATOL, rtol=RTOL)
     torch.testing.assert_close(x_NC.grad, x64_NC.grad.float(), atol=ATOL, rtol=RTOL)
+    torch.testing.assert_close(gate_N.grad, gate64_N.grad.float(), atol=ATOL, rtol=RTOL)
     for param, param64 in zip((experts.w1, experts.w3, experts.w2), params64, strict=True):
         torch.testing.assert_close(param.grad, param64.grad.float(), atol=ATOL, rtol=RTOL)
         assert param.grad[[0, 2]].abs().max() == 0  # experts without tokens get exactly zero gradient
@@ -151,24 +154,24 @@ def test_reruns_under_a_fixed_seed_are_bitwise_identical() -> None:
 def test_grouped_mm_backend_rejects_rows_that_are_not_16_byte_aligned() -> None:
     experts = GroupedExperts(dim=6, expert_dim=8, num_experts=3, backend="grouped_mm")
     with pytest.raises(ValueError, match=r"dim \(6\) and expert_dim \(8\) must be multiples of 4"):
-        experts(torch.randn(5, 6), torch.tensor([2, 0, 3]))
+        experts(torch.randn(5, 6), torch.tensor([2, 0, 3]), torch.ones(5))
 
 
 def test_auto_backend_falls_back_to_the_loop_with_exactly_one_warning() -> None:
     torch.manual_seed(0)
     experts = GroupedExperts(dim=10, expert_dim=8, num_experts=3)  # 10 fp32 = 40 bytes: unaligned
-    x_NC, counts_E = torch.randn(7, 10), torch.tensor([4, 0, 3])
+    x_NC, counts_E, gate_N = torch.randn(7, 10), torch.tensor([4, 0, 3]), torch.rand(7)
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        y_NC = experts(x_NC, counts_E)
-        experts(x_NC, counts_E)
+        y_NC = experts(x_NC, counts_E, gate_N)
+        experts(x_NC, counts_E, gate_N)
 
     fallbacks = [w for w in caught if issubclass(w.category, GroupedMMFallbackWarning)]
     assert len(fallbacks) == 1
     assert "dim (10)" in str(fallbacks[0].message) and "silence" in str(fallbacks[0].message)
     experts.backend = "loop"
-    assert torch.equal(y_NC, experts(x_NC, counts_E))
+    assert torch.equal(y_NC, experts(x_NC, counts_E, gate_N))
 
 
 def test_bias_update_moves_a_skewed_load_toward_balance() -> None:
