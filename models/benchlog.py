@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import os
+import platform
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["append_rows", "git_sha", "timestamp"]
+__all__ = ["append_rows", "git_sha", "machine", "record_context", "timestamp"]
 
 
 def git_sha() -> str:
@@ -28,6 +30,24 @@ def git_sha() -> str:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def machine() -> str:
+    """Host, CPU model and core count: a benchmark's figures only compare on the same machine."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{platform.node()} {model} ({os.cpu_count()} cores)"
+
+
+def record_context() -> dict[str, str]:
+    """The columns every benchmark row starts with: machine, commit, time."""
+    return {"machine": machine(), "git_sha": git_sha(), "timestamp": timestamp()}
 
 
 def timestamp() -> str:

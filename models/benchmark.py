@@ -11,7 +11,6 @@ cross-entropy (``model(inputs, targets)``, `models.loss`); ``loss="logits"`` tim
 
 from __future__ import annotations
 
-import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -21,7 +20,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from models.benchlog import append_rows, git_sha, timestamp
+from models.benchlog import append_rows, record_context
 from models.config import ModelConfig
 from models.presets import get_preset
 from models.transformer import build_model
@@ -111,11 +110,6 @@ def run_step_benchmark(
 
 def append_csv(rows: list[StepBenchmarkRow], path: Path) -> None:
     """Append rows with machine, torch version, git SHA and timestamp (long format)."""
-    context = {
-        "machine": f"{platform.node()} {platform.processor() or platform.machine()}",
-        "torch": torch.__version__,
-        "git_sha": git_sha(),
-        "timestamp": timestamp(),
-    }
+    context = {**record_context(), "torch": torch.__version__}
     records = [{**context, **asdict(row)} for row in rows]
     append_rows(records, path)

@@ -20,8 +20,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from models.benchlog import append_rows, git_sha, timestamp
-from orchestrator.bench_orchestrator import machine
+from models.benchlog import append_rows, record_context
 from orchestrator.data import DataConfig
 from orchestrator.runspec import RunSpec
 
@@ -146,10 +145,8 @@ def run_distributed_benchmark(
 def append_csv(rows: list[DistributedRow], path: Path, *, preset: str, residual: dict) -> None:
     """Append one row per configuration (long format) with machine, load, git SHA and timestamp."""
     context = {
-        "machine": machine(),
+        **record_context(),
         "load_1min": f"{os.getloadavg()[0]:.2f}",
-        "git_sha": git_sha(),
-        "timestamp": timestamp(),
         "preset": preset,
         "residual": f"{residual['variant']}-n{residual.get('n', 1)}",
     }

@@ -27,7 +27,6 @@ Rows (machine, git SHA, timestamp, metric, value, target) are appended to a CSV 
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -39,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from models.benchlog import append_rows, git_sha, timestamp
+from models.benchlog import append_rows, record_context
 
 __all__ = ["OrchestratorBenchmark", "RunTiming", "Target", "append_csv", "prepare_sweep", "run_benchmark"]
 
@@ -283,25 +282,10 @@ def _time_cli_resubmit(sweep_file: Path) -> float:
     return elapsed
 
 
-def machine() -> str:
-    """The CPU model and core count (the benchmark's numbers only compare on the same machine)."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.node()} {model} ({os.cpu_count()} cores)"
-
-
 def append_csv(result: OrchestratorBenchmark, path: Path) -> None:
     """Append one row per metric (long format) with machine, git SHA and timestamp."""
     context = {
-        "machine": machine(),
-        "git_sha": git_sha(),
-        "timestamp": timestamp(),
+        **record_context(),
         "sweep": result.sweep,
         "runs": result.num_runs,
         "cores": result.cores,

@@ -18,7 +18,6 @@ model builds) is larger than the effect, which is why the direct measurement exi
 
 from __future__ import annotations
 
-import platform
 import statistics
 import tempfile
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 import torch
 
 from models import build_model
-from models.benchlog import append_rows, git_sha, timestamp
+from models.benchlog import append_rows, record_context
 from orchestrator.data import BatchSampler, DataConfig, load_dataset
 from orchestrator.runspec import RunSpec
 
@@ -146,12 +145,7 @@ def run_train_step_benchmark(
 
 def append_csv(rows: list[TrainStepRow], path: Path) -> None:
     """Append rows with machine, torch version, git SHA and timestamp (long format)."""
-    context = {
-        "machine": f"{platform.node()} {platform.processor() or platform.machine()}",
-        "torch": torch.__version__,
-        "git_sha": git_sha(),
-        "timestamp": timestamp(),
-    }
+    context = {**record_context(), "torch": torch.__version__}
     records = [
         {**context, **asdict(row), "full_overhead": row.full_overhead, "data_tracking_share": row.data_tracking_share}
         for row in rows

@@ -272,7 +272,8 @@ def bench_orchestrator(
     import tempfile
 
     from models import LadderError
-    from orchestrator.bench_orchestrator import QUICKSTART, machine, prepare_sweep, run_benchmark
+    from models.benchlog import machine
+    from orchestrator.bench_orchestrator import QUICKSTART, prepare_sweep, run_benchmark
     from orchestrator.bench_orchestrator import append_csv as append_orchestrator_csv
 
     source = sweep_file or QUICKSTART
