@@ -28,7 +28,7 @@ import torch
 
 from models import build_model
 from models.benchlog import append_rows, record_context
-from orchestrator.data import BatchSampler, DataConfig, load_dataset
+from orchestrator.data import BatchSampler, DataConfig, TokenDataset, load_dataset
 from orchestrator.runspec import RunSpec
 
 __all__ = ["TrainStepRow", "append_csv", "run_train_step_benchmark"]
@@ -65,10 +65,10 @@ class TrainStepRow:
         return self.data_tracking_ms / self.model_step_ms
 
 
-def _model_step_ms(spec: RunSpec, data: DataConfig, steps: int) -> float:
+def _model_step_ms(spec: RunSpec, dataset: TokenDataset, steps: int) -> float:
     model = build_model(spec.model, seed=0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.training.lr)
-    inputs_BS, targets_BS = BatchSampler(load_dataset(data), seed=0).train_batch(
+    inputs_BS, targets_BS = BatchSampler(dataset, seed=0).train_batch(
         0, spec.training.batch_size, spec.training.seq_len
     )
     times = []
@@ -83,11 +83,11 @@ def _model_step_ms(spec: RunSpec, data: DataConfig, steps: int) -> float:
     return 1e3 * statistics.median(times[2:])
 
 
-def _data_tracking_ms(spec: RunSpec, data: DataConfig, steps: int) -> float:
+def _data_tracking_ms(spec: RunSpec, dataset: TokenDataset, steps: int) -> float:
     """Wall time per step of sampling the step's batch and logging the trainer's metrics, flush included."""
     from orchestrator.tracking import RunTracker
 
-    sampler = BatchSampler(load_dataset(data), seed=spec.training.seed)
+    sampler = BatchSampler(dataset, seed=spec.training.seed)
     training = spec.training
     tracker = RunTracker.open(
         spec.tracking, run_key=f"{spec.run_key}-io", run_name="data + tracking only", tags={}, params={}
@@ -113,6 +113,7 @@ def run_train_step_benchmark(
     from orchestrator.train import run
 
     torch.set_num_threads(threads)
+    dataset = load_dataset(data)  # once: the baselines and the data + tracking loop share it
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for variant in variants:
@@ -126,9 +127,9 @@ def run_train_step_benchmark(
                 tracking={"uri": f"sqlite:///{Path(scratch) / 'bench.db'}", "experiment": "bench-train-step"},
                 storage=str(Path(scratch) / "runs"),
             )
-            model_before_ms = _model_step_ms(spec, data, steps)
+            model_before_ms = _model_step_ms(spec, dataset, steps)
             result = run(spec)
-            model_ms = (model_before_ms + _model_step_ms(spec, data, steps)) / 2
+            model_ms = (model_before_ms + _model_step_ms(spec, dataset, steps)) / 2
             history = MlflowClient(spec.tracking.uri).get_metric_history(result.run_id, "perf/step_time_s")
             full = sorted((m.step, m.value) for m in history)
             full_ms = 1e3 * statistics.median(value for step, value in full[2:-1])  # skip warm-up and the eval step
@@ -136,7 +137,7 @@ def run_train_step_benchmark(
                 TrainStepRow(
                     preset=preset, variant=spec.model.residual.variant, n=spec.model.residual.n, threads=threads,
                     tokens_per_step=batch_size * seq_len, model_step_ms=model_ms, full_step_ms=full_ms,
-                    data_tracking_ms=_data_tracking_ms(spec, data, steps),
+                    data_tracking_ms=_data_tracking_ms(spec, dataset, steps),
                     full_tokens_per_s=batch_size * seq_len / (full_ms / 1e3),
                 )
             )
