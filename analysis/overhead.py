@@ -98,12 +98,8 @@ def overhead(runs: pl.DataFrame, *, baseline: str = "residual", confidence: floa
     """
     finished = runs.filter(pl.col("status") == "FINISHED")
     spread = finished.group_by("size").agg(pl.col("hardware").n_unique().alias("_num_hw"))
-    base_hw = (
-        finished.filter(pl.col("arm") == baseline)
-        .group_by("size")
-        .agg(pl.col("hardware").unique().sort().str.join(", ").alias("_base_hw"))
-    )
     baseline_runs = finished.filter(pl.col("arm") == baseline)
+    base_hw = baseline_runs.group_by("size").agg(pl.col("hardware").unique().sort().str.join(", ").alias("_base_hw"))
     baseline_hardware = dict(base_hw.iter_rows())
     baseline_batches: dict[tuple[str, str], list[float]] = {}
     for size, hardware, tps in baseline_runs.select("size", "hardware", "tokens_per_step").unique().iter_rows():
