@@ -1,8 +1,9 @@
 """The single dispatch point through which models/ calls the mHC primitive ops.
 
-``auto`` picks the Triton kernels on CUDA tensors and the PyTorch reference elsewhere (Triton needs a GPU
-outside its interpreter). ``torch`` and ``triton`` force one backend; ``triton`` on a CPU tensor only works
-under ``TRITON_INTERPRET=1``, which is how the parity tests run on CPU.
+``auto`` picks the Triton kernels on CUDA tensors and the fused C++ CPU kernels (`kernels.cpu_ops`) on CPU,
+falling back to the PyTorch reference, with a logged warning, where those cannot be built (no C++ compiler).
+``torch``, ``cpp`` and ``triton`` force one backend; ``triton`` on a CPU tensor only works under
+``TRITON_INTERPRET=1``, which is how the parity tests run on CPU.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from kernels import reference
+from kernels.cpu_build import cpu_kernels_error
 
 __all__ = ["MHCOps", "get_ops", "resolve_backend"]
 
@@ -39,18 +41,27 @@ TORCH_OPS = MHCOps(
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """Turn ``auto`` into the concrete backend for tensors on ``device``."""
+    """Turn ``auto`` into the concrete backend for tensors on ``device`` (on CPU this may build the C++ kernels)."""
     if backend == "auto":
-        return "triton" if device.type == "cuda" else "torch"
-    if backend in ("torch", "triton"):
+        if device.type == "cuda":
+            return "triton"
+        return "cpp" if device.type == "cpu" and cpu_kernels_error() is None else "torch"
+    if backend in ("torch", "cpp", "triton"):
         return backend
-    raise ValueError(f"kernel_backend ({backend!r}) must be one of auto, torch, triton")
+    raise ValueError(f"kernel_backend ({backend!r}) must be one of auto, torch, cpp, triton")
 
 
 def get_ops(backend: str, device: torch.device) -> MHCOps:
-    """The ops for ``backend`` (auto | torch | triton) on ``device``."""
-    if resolve_backend(backend, device) == "torch":
+    """The ops for ``backend`` (auto | torch | cpp | triton) on ``device``."""
+    resolved = resolve_backend(backend, device)
+    if resolved == "torch":
         return TORCH_OPS
+    if resolved == "cpp":
+        if device.type != "cpu":
+            raise ValueError(f"kernel_backend 'cpp' runs on CPU tensors only, not on {device}")
+        cpu_ops = importlib.import_module("kernels.cpu_ops")
+        cpu_ops.cpu_kernels()  # build now: a missing compiler is reported here, not at the first forward
+        return cpu_ops.CPP_OPS
     try:
         triton_ops = importlib.import_module("kernels.triton_ops")
     except ImportError as error:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from models.benchlog import append_rows, record_context
 from models.config import ModelConfig
+from models.cpu_runtime import configure_cpu_runtime
 from models.presets import get_preset
 from models.transformer import build_model
 
@@ -75,7 +76,7 @@ def run_step_benchmark(
     loss: Literal["fused", "logits"] = "fused",
 ) -> list[StepBenchmarkRow]:
     """Median forward+backward step time of each preset × variant; ratios against ``residual`` of the same preset."""
-    torch.set_num_threads(threads)
+    configure_cpu_runtime(threads)
     rows: list[StepBenchmarkRow] = []
     for preset in presets:
         base: ModelConfig = get_preset(preset)

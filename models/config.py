@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 ResidualVariant = Literal["residual", "hc", "mhc", "mhc-lite"]
-KernelBackend = Literal["auto", "torch", "triton"]
+KernelBackend = Literal["auto", "torch", "cpp", "triton"]
 
 # mHC-lite materialises all n! permutation matrices; 6! = 720 is the largest count that stays cheap.
 MHC_LITE_MAX_STREAMS = 6
@@ -175,7 +175,10 @@ class ModelConfig(ConfigModel):
     norm_eps: float = Field(default=1e-6, gt=0, description="RMSNorm epsilon (paper prints 1e-20; see module doc).")
     init_std: float = Field(default=0.02, gt=0, description="Std of the normal init of linear and embedding weights.")
     kernel_backend: KernelBackend = Field(
-        default="auto", description="mHC primitive ops: auto (Triton on CUDA, PyTorch on CPU) | torch | triton."
+        default="auto",
+        description=(
+            "mHC primitive ops: auto (Triton on CUDA, fused C++ on CPU, else PyTorch) | torch | cpp | triton."
+        ),
     )
     attention: AttentionConfig
     moe: MoEConfig

@@ -28,6 +28,7 @@ import torch
 
 from models import build_model
 from models.benchlog import append_rows, record_context
+from models.cpu_runtime import configure_cpu_runtime
 from orchestrator.data import BatchSampler, DataConfig, TokenDataset, load_dataset
 from orchestrator.runspec import RunSpec
 
@@ -112,7 +113,7 @@ def run_train_step_benchmark(
 
     from orchestrator.train import run
 
-    torch.set_num_threads(threads)
+    configure_cpu_runtime(threads)
     dataset = load_dataset(data)  # once: the baselines and the data + tracking loop share it
     rows = []
     with tempfile.TemporaryDirectory() as scratch:

@@ -94,12 +94,11 @@ def model_smoke(
     threads: Annotated[int, typer.Option(help="torch intra-op threads.")] = 2,
 ) -> None:
     """Train a few CPU steps on synthetic progressions and show the loss falling."""
-    import torch
-
     from models import ConfigError
+    from models.cpu_runtime import configure_cpu_runtime
     from orchestrator.smoke import run_smoke
 
-    torch.set_num_threads(threads)
+    configure_cpu_runtime(threads)
     try:
         config = _configured(preset, residual, n)
     except ConfigError as error:

@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 
 from models import MoETransformer, build_model, collect_diagnostics, count_parameters, flops_per_token
+from models.cpu_runtime import configure_cpu_runtime
 from models.errors import ConfigError
 from orchestrator.checkpoint import run_lock
 from orchestrator.data import BatchSampler, load_dataset
@@ -258,7 +259,7 @@ def _run_locked(
         return RunResult(spec.run_key, "FINISHED", steps=0, run_id=existing.run_id, skipped=True)
 
     training = spec.training
-    torch.set_num_threads(training.threads)
+    configure_cpu_runtime(training.threads)
     device = parallel.device
     dataset = load_dataset(spec.data)
     sampler = BatchSampler(dataset, seed=training.seed)

@@ -1,0 +1,102 @@
+"""The ``cpp`` backend of the mHC primitive ops: fused C++ CPU kernels (`kernels/cpu/mhc_cpu.cpp`).
+
+Each op has the signature and output dtypes of its `kernels.reference` counterpart and a
+`torch.autograd.Function` whose backward is one C++ kernel:
+
+- `sinkhorn`: both conventions; the backward saves only the logits and recomputes the iterations per token,
+  as the Triton kernel does. The reference's ≈ 300 tensor-wide ops become one loop over tokens.
+- `pre_mix`, `post_res_mix`: one pass over each token's n rows of C, forward and backward (the backward of
+  the post/residual mix produces ∂x, ∂f, ∂H_post and ∂H_res together).
+- `mhc_coefficients` is the reference's: its cost is the x·φ GEMM, which BLAS already does well.
+
+Inputs are promoted to fp32 (float64 stays float64, for the parity tests) and made contiguous; outputs are
+cast back to the input dtype, as the reference does.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from kernels import reference
+from kernels.cpu_build import cpu_kernels
+from kernels.dispatch import MHCOps
+
+__all__ = ["CPP_OPS", "post_res_mix", "pre_mix", "sinkhorn"]
+
+
+def _acc(t: Tensor) -> Tensor:
+    return reference._acc(t).contiguous()
+
+
+class _Sinkhorn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits_TNN: Tensor, num_iters: int, deepseek: bool, eps: float) -> Tensor:
+        ctx.args = (num_iters, deepseek, eps)
+        ctx.save_for_backward(logits_TNN)
+        return cpu_kernels().sinkhorn_fwd(logits_TNN, num_iters, deepseek, eps)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_TNN: Tensor) -> tuple[Tensor, None, None, None]:
+        (logits_TNN,) = ctx.saved_tensors
+        grad = cpu_kernels().sinkhorn_bwd(grad_TNN.to(logits_TNN.dtype).contiguous(), logits_TNN, *ctx.args)
+        return grad, None, None, None
+
+
+def sinkhorn(logits_TNN: Tensor, num_iters: int, convention: str = "paper", eps: float = 1e-6) -> Tensor:
+    """`kernels.reference.sinkhorn` as one fused C++ loop over tokens, forward and backward."""
+    if convention not in ("paper", "deepseek-v4") or (convention == "paper" and num_iters == 0):
+        # The reference raises on an unknown convention and owns the t = 0 special case (exp(L − max L)).
+        return reference.sinkhorn(logits_TNN, num_iters, convention, eps)
+    return _Sinkhorn.apply(_acc(logits_TNN), num_iters, convention == "deepseek-v4", eps)
+
+
+class _PreMix(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x_TNC: Tensor, h_pre_TN: Tensor) -> Tensor:
+        ctx.save_for_backward(x_TNC, h_pre_TN)
+        return cpu_kernels().pre_mix_fwd(x_TNC, h_pre_TN)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_TC: Tensor) -> tuple[Tensor, Tensor]:
+        x_TNC, h_pre_TN = ctx.saved_tensors
+        return cpu_kernels().pre_mix_bwd(grad_TC.to(x_TNC.dtype).contiguous(), x_TNC, h_pre_TN)
+
+
+def pre_mix(x_TNC: Tensor, h_pre_TN: Tensor) -> Tensor:
+    """u = Σ_j H_pre[j] · x_j (`kernels.reference.pre_mix`), accumulated in fp32."""
+    x_acc = _acc(x_TNC)
+    return _PreMix.apply(x_acc, _acc(h_pre_TN).to(x_acc.dtype)).to(x_TNC.dtype)
+
+
+class _PostResMix(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x_TNC: Tensor, f_TC: Tensor, h_post_TN: Tensor, h_res_TNN: Tensor) -> Tensor:
+        ctx.save_for_backward(x_TNC, f_TC, h_post_TN, h_res_TNN)
+        return cpu_kernels().post_res_mix_fwd(x_TNC, f_TC, h_post_TN, h_res_TNN)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_TNC: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        saved = ctx.saved_tensors
+        return cpu_kernels().post_res_mix_bwd(grad_TNC.to(saved[0].dtype).contiguous(), *saved)
+
+
+def post_res_mix(x_TNC: Tensor, f_TC: Tensor, h_post_TN: Tensor, h_res_TNN: Tensor) -> Tensor:
+    """x'_i = Σ_j H_res[i, j] · x_j + H_post[i] · f (`kernels.reference.post_res_mix`), accumulated in fp32."""
+    x_acc = _acc(x_TNC)
+    dtype = x_acc.dtype
+    out_TNC = _PostResMix.apply(x_acc, _acc(f_TC).to(dtype), _acc(h_post_TN).to(dtype), _acc(h_res_TNN).to(dtype))
+    return out_TNC.to(x_TNC.dtype)
+
+
+CPP_OPS = MHCOps(
+    name="cpp",
+    coefficients=reference.mhc_coefficients,
+    sinkhorn=sinkhorn,
+    pre_mix=pre_mix,
+    post_res_mix=post_res_mix,
+)
