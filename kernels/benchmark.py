@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 
 from kernels import reference
-from kernels.dispatch import TORCH_OPS, MHCOps
+from kernels.dispatch import TORCH_OPS, MHCOps, compose_mhc_read
 from models.benchlog import append_rows, git_sha, timestamp
 
 __all__ = ["DEFAULT_CSV", "append_csv", "describe", "op_bytes", "print_table", "run_kernel_benchmark"]
@@ -124,12 +124,16 @@ def _cases(
 
 
 def _compiled_ops() -> MHCOps:
+    coefficients = torch.compile(reference.mhc_coefficients, dynamic=False)
+    sinkhorn = torch.compile(reference.sinkhorn, dynamic=False)
+    pre_mix = torch.compile(reference.pre_mix, dynamic=False)
     return MHCOps(
         name="compiled",
-        coefficients=torch.compile(reference.mhc_coefficients, dynamic=False),
-        sinkhorn=torch.compile(reference.sinkhorn, dynamic=False),
-        pre_mix=torch.compile(reference.pre_mix, dynamic=False),
+        coefficients=coefficients,
+        sinkhorn=sinkhorn,
+        pre_mix=pre_mix,
         post_res_mix=torch.compile(reference.post_res_mix, dynamic=False),
+        mhc_read=compose_mhc_read(coefficients, sinkhorn, pre_mix),
     )
 
 

@@ -7,7 +7,10 @@ Each op has the signature and output dtypes of its `kernels.reference` counterpa
   as the Triton kernel does. The reference's ≈ 300 tensor-wide ops become one loop over tokens.
 - `pre_mix`, `post_res_mix`: one pass over each token's n rows of C, forward and backward (the backward of
   the post/residual mix produces ∂x, ∂f, ∂H_post and ∂H_res together).
-- `mhc_coefficients` is the reference's: its cost is the x·φ GEMM, which BLAS already does well.
+- `mhc_read`: an mHC connection's whole read side (coefficients, Sinkhorn, pre-mix) as one kernel each way,
+  so x is read once forward and once backward and the three ∂x contributions are summed in registers; ∂φ is
+  the BLAS GEMM xᵀ ∂p. mHC-lite and HC, whose projections differ, use the composition of the ops, with
+  `mhc_coefficients` from the reference.
 
 Inputs are promoted to fp32 (float64 stays float64, for the parity tests) and made contiguous; outputs are
 cast back to the input dtype, as the reference does.
@@ -21,9 +24,9 @@ from torch.autograd.function import once_differentiable
 
 from kernels import reference
 from kernels.cpu_build import cpu_kernels
-from kernels.dispatch import MHCOps
+from kernels.dispatch import MHCOps, compose_mhc_read
 
-__all__ = ["CPP_OPS", "post_res_mix", "pre_mix", "sinkhorn"]
+__all__ = ["CPP_OPS", "mhc_read", "post_res_mix", "pre_mix", "sinkhorn"]
 
 
 def _acc(t: Tensor) -> Tensor:
@@ -93,10 +96,63 @@ def post_res_mix(x_TNC: Tensor, f_TC: Tensor, h_post_TN: Tensor, h_res_TNN: Tens
     return out_TNC.to(x_TNC.dtype)
 
 
+class _MHCRead(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x_TNC, phi_KM, alpha_3, bias_M, eps, pre_eps, num_iters, deepseek):
+        u_TC, h_pre_TN, h_post_TN, h_res_TNN, scaled_TM, inv_rms_T = cpu_kernels().mhc_read_fwd(
+            x_TNC, phi_KM, alpha_3, bias_M, eps, pre_eps, num_iters, deepseek
+        )
+        ctx.args = (eps, pre_eps, num_iters, deepseek)
+        ctx.save_for_backward(x_TNC, phi_KM, alpha_3, bias_M, scaled_TM, inv_rms_T, h_pre_TN, h_post_TN)
+        return u_TC, h_post_TN, h_res_TNN
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_u_TC, grad_post_TN, grad_res_TNN):
+        x_TNC, phi_KM, alpha_3, bias_M, scaled_TM, inv_rms_T, h_pre_TN, h_post_TN = ctx.saved_tensors
+        T, n, C = x_TNC.shape
+
+        def dense(grad: Tensor | None, like: Tensor) -> Tensor:
+            return torch.zeros_like(like) if grad is None else grad.to(like.dtype).contiguous()
+
+        grad_x, grad_logits_TM, grad_p_TM = cpu_kernels().mhc_read_bwd(
+            dense(grad_u_TC, x_TNC[:, 0]),
+            dense(grad_post_TN, h_post_TN),
+            dense(grad_res_TNN, x_TNC.new_empty(T, n, n)),
+            x_TNC, phi_KM, alpha_3, bias_M, scaled_TM, inv_rms_T, h_pre_TN, h_post_TN, *ctx.args,
+        )
+        grad_phi = x_TNC.view(T, n * C).T @ grad_p_TM
+        weighted_TM = grad_logits_TM * scaled_TM
+        grad_alpha = torch.stack(
+            [weighted_TM[:, :n].sum(), weighted_TM[:, n : 2 * n].sum(), weighted_TM[:, 2 * n :].sum()]
+        )
+        return grad_x, grad_phi, grad_alpha, grad_logits_TM.sum(dim=0), None, None, None, None
+
+
+_COMPOSED_READ = compose_mhc_read(reference.mhc_coefficients, sinkhorn, pre_mix)
+
+
+def mhc_read(
+    x_TNC: Tensor, phi_KM: Tensor, alpha_3: Tensor, bias_M: Tensor, eps: float, pre_eps: float, num_iters: int,
+    convention: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """`kernels.dispatch.compose_mhc_read`'s result (u, H_post, H_res) from one fused kernel each way."""
+    if convention not in ("paper", "deepseek-v4") or (convention == "paper" and num_iters == 0):
+        return _COMPOSED_READ(x_TNC, phi_KM, alpha_3, bias_M, eps, pre_eps, num_iters, convention)
+    x_acc = _acc(x_TNC)
+    dtype = x_acc.dtype
+    u_TC, h_post_TN, h_res_TNN = _MHCRead.apply(
+        x_acc, _acc(phi_KM).to(dtype), _acc(alpha_3).to(dtype), _acc(bias_M).to(dtype),
+        eps, pre_eps, num_iters, convention == "deepseek-v4",
+    )
+    return u_TC.to(x_TNC.dtype), h_post_TN, h_res_TNN
+
+
 CPP_OPS = MHCOps(
     name="cpp",
     coefficients=reference.mhc_coefficients,
     sinkhorn=sinkhorn,
     pre_mix=pre_mix,
     post_res_mix=post_res_mix,
+    mhc_read=mhc_read,
 )

@@ -17,18 +17,42 @@ import torch
 from kernels import reference
 from kernels.cpu_build import cpu_kernels_error
 
-__all__ = ["MHCOps", "get_ops", "resolve_backend"]
+__all__ = ["MHCOps", "compose_mhc_read", "get_ops", "resolve_backend"]
+
+ReadSide = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 @dataclass(frozen=True, slots=True)
 class MHCOps:
-    """One backend's implementation of the four mHC primitive ops (signatures as in `kernels.reference`)."""
+    """One backend's implementation of the four mHC primitive ops (signatures as in `kernels.reference`), and
+    of ``mhc_read``, an mHC connection's whole read side (see `compose_mhc_read`), which a backend may fuse."""
 
     name: str
     coefficients: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
     sinkhorn: Callable[..., torch.Tensor]
     pre_mix: Callable[..., torch.Tensor]
     post_res_mix: Callable[..., torch.Tensor]
+    mhc_read: Callable[..., ReadSide]
+
+
+def compose_mhc_read(
+    coefficients: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    sinkhorn: Callable[..., torch.Tensor],
+    pre_mix: Callable[..., torch.Tensor],
+) -> Callable[..., ReadSide]:
+    """mhc_read(x_TNC, phi_KM, alpha_3, bias_M, eps, pre_eps, num_iters, convention) → (u_TC, H_post, H_res):
+    the coefficients, the Sinkhorn projection of the residual logits and the pre-mix, one op after another."""
+
+    def mhc_read(
+        x_TNC: torch.Tensor, phi_KM: torch.Tensor, alpha_3: torch.Tensor, bias_M: torch.Tensor, eps: float,
+        pre_eps: float, num_iters: int, convention: str,
+    ) -> ReadSide:
+        n = x_TNC.shape[1]
+        h_pre_TN, h_post_TN, res_logits_TR = coefficients(x_TNC.flatten(1), phi_KM, alpha_3, bias_M, n, eps, pre_eps)
+        h_res_TNN = sinkhorn(res_logits_TR.view(-1, n, n), num_iters, convention, eps)
+        return pre_mix(x_TNC, h_pre_TN), h_post_TN, h_res_TNN
+
+    return mhc_read
 
 
 TORCH_OPS = MHCOps(
@@ -37,6 +61,7 @@ TORCH_OPS = MHCOps(
     sinkhorn=reference.sinkhorn,
     pre_mix=reference.pre_mix,
     post_res_mix=reference.post_res_mix,
+    mhc_read=compose_mhc_read(reference.mhc_coefficients, reference.sinkhorn, reference.pre_mix),
 )
 
 

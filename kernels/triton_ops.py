@@ -18,7 +18,7 @@ Launch heuristics and the test hooks (`override_launch`, `poison_outputs`) live 
 
 from __future__ import annotations
 
-from kernels.dispatch import MHCOps
+from kernels.dispatch import MHCOps, compose_mhc_read
 from kernels.triton_coefficients import mhc_coefficients
 from kernels.triton_launch import kernels_interpreted
 from kernels.triton_mix import post_res_mix, pre_mix
@@ -32,4 +32,5 @@ TRITON_OPS = MHCOps(
     sinkhorn=sinkhorn,
     pre_mix=pre_mix,
     post_res_mix=post_res_mix,
+    mhc_read=compose_mhc_read(mhc_coefficients, sinkhorn, pre_mix),
 )

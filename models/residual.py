@@ -73,9 +73,14 @@ class ResidualConnection(nn.Module):
         B, S, N, C = x_BSNC.shape
         # One copy while the streams are still expand_streams' stride-0 view (first layer), not one per op.
         x_TNC = x_BSNC.reshape(B * S, N, C).contiguous()
-        h_pre_TN, h_post_TN, h_res_TNN = self.coefficients(x_TNC)
-        f_BSC = sublayer(self.ops.pre_mix(x_TNC, h_pre_TN).view(B, S, C))
+        u_TC, h_post_TN, h_res_TNN = self.read(x_TNC)
+        f_BSC = sublayer(u_TC.view(B, S, C))
         return self.ops.post_res_mix(x_TNC, f_BSC.reshape(B * S, C), h_post_TN, h_res_TNN).view(B, S, N, C)
+
+    def read(self, x_TNC: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The sublayer input u (T, C) and the write-back coefficients H_post (T, N), H_res (T, N, N)."""
+        h_pre_TN, h_post_TN, h_res_TNN = self.coefficients(x_TNC)
+        return self.ops.pre_mix(x_TNC, h_pre_TN), h_post_TN, h_res_TNN
 
     def coefficients(self, x_TNC: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(H_pre (T, N), H_post (T, N), H_res (T, N, N)) for each token, fp32."""
@@ -151,11 +156,22 @@ class ManifoldHyperConnection(ResidualConnection):
         eye_NN = torch.eye(n)
         return (OFF_IDENTITY_LOGIT * (1 - eye_NN)).flatten()
 
+    def read(self, x_TNC: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The backend's `mhc_read`: one fused op where the backend has one (the C++ CPU kernels)."""
+        res = self.residual
+        return self.ops.mhc_read(
+            x_TNC, self.phi, self.alpha, self.bias, res.eps, self.pre_eps, res.sinkhorn_iters, res.convention
+        )
+
+    @property
+    def pre_eps(self) -> float:
+        """Added to H_pre: the deepseek-v4 convention's floor, else 0."""
+        return self.residual.eps if self.residual.convention == "deepseek-v4" else 0.0
+
     def coefficients(self, x_TNC: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         res = self.residual
-        pre_eps = res.eps if res.convention == "deepseek-v4" else 0.0
         h_pre_TN, h_post_TN, res_logits_TR = self.ops.coefficients(
-            x_TNC.flatten(1), self.phi, self.alpha, self.bias, self.n, res.eps, pre_eps
+            x_TNC.flatten(1), self.phi, self.alpha, self.bias, self.n, res.eps, self.pre_eps
         )
         return h_pre_TN, h_post_TN, self.project(res_logits_TR)
 
@@ -182,6 +198,10 @@ class ManifoldHyperConnectionLite(ManifoldHyperConnection):
         bias_P = torch.full((permutation_matrices(n).shape[0],), OFF_IDENTITY_LOGIT)
         bias_P[0] = 0.0
         return bias_P
+
+    def read(self, x_TNC: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The composition of the primitive ops: the Birkhoff projection has no fused read."""
+        return ResidualConnection.read(self, x_TNC)
 
     def project(self, res_logits_TR: Tensor) -> Tensor:
         return birkhoff_mix(res_logits_TR, self.perms_PNN)

@@ -102,17 +102,20 @@ struct Sinkhorn {
   static constexpr int NN = N * N;
   using Block = T[NN][kLanes];
   using Rows = T[N][kLanes];
+  // What a Block / Rows parameter decays to, declared non-aliasing so that the lane loops vectorise.
+  using BlockRef = T (*__restrict__)[kLanes];
+  using RowsRef = T (*__restrict__)[kLanes];
 
   // Gather (or scatter) the matrices of tokens [t, t + count) into (from) lane-major form; missing lanes
   // repeat the first token so that they stay finite.
-  static void gather(const T* src, int64_t t, int count, Block out) {
+  static void gather(const T* __restrict__ src, int64_t t, int count, BlockRef out) {
     for (int l = 0; l < kLanes; ++l) {
       const T* m = src + (t + (l < count ? l : 0)) * NN;
       for (int k = 0; k < NN; ++k) out[k][l] = m[k];
     }
   }
 
-  static void scatter(const Block in, int64_t t, int count, T* dst) {
+  static void scatter(const T (*__restrict__ in)[kLanes], int64_t t, int count, T* __restrict__ dst) {
     for (int l = 0; l < count; ++l) {
       T* m = dst + (t + l) * NN;
       for (int k = 0; k < NN; ++k) m[k] = in[k][l];
@@ -120,7 +123,7 @@ struct Sinkhorn {
   }
 
   // The starting matrix m0 from the logits (in place); `probs` receives the softmax (deepseek-v4 only).
-  static void start(const SinkhornPlan& plan, Block m, Block probs) {
+  static void start(const SinkhornPlan& plan, BlockRef m, BlockRef probs) {
     if (!plan.deepseek) {
       T peak[kLanes];
       std::copy(m[0], m[0] + kLanes, peak);
@@ -150,7 +153,7 @@ struct Sinkhorn {
   static int divisor_of(bool columns, int i, int j) { return columns ? j : i; }
 
   // One normalisation of m in place: d = Σ_axis m + floor, m /= d; the N divisors go to `d`.
-  static void step(bool columns, T floor, Block m, Rows d) {
+  static void step(bool columns, T floor, BlockRef m, RowsRef d) {
     for (int r = 0; r < N; ++r)
       for (int l = 0; l < kLanes; ++l) d[r][l] = 0;
     for (int i = 0; i < N; ++i)
@@ -165,68 +168,84 @@ struct Sinkhorn {
 
   static T floor_of(const SinkhornPlan& plan) { return plan.deepseek ? static_cast<T>(plan.eps) : T(0); }
 
+  // Project a block of logits in place: m ← Sinkhorn(m).
+  static void project(const SinkhornPlan& plan, BlockRef m) {
+    Block probs;
+    Rows d;
+    start(plan, m, probs);
+    for (int64_t s = 0; s < plan.steps; ++s) step(plan.normalises_columns(s), floor_of(plan), m, d);
+  }
+
+  // Scratch of one thread's backward: the iterates y and divisors d of every step, for one block.
+  struct Workspace {
+    std::vector<T> iterates, divisors;
+    explicit Workspace(const SinkhornPlan& plan) : iterates(plan.steps * NN * kLanes), divisors(plan.steps * N * kLanes) {}
+    Block& y(int64_t s) { return reinterpret_cast<Block*>(iterates.data())[s]; }
+    Rows& d(int64_t s) { return reinterpret_cast<Rows*>(divisors.data())[s]; }
+  };
+
+  // Vector-Jacobian product of one block. `m0` holds the logits on entry (and the start matrix after);
+  // recompute the iterates, then walk the steps backwards with ∂m = (∂y − Σ_axis(∂y ⊙ y)) / d, and finish
+  // with the start's product: paper ∂L = m0 ⊙ ∂m0; deepseek-v4 ∂P[j][i] = ∂m0[i][j], ∂L = P ⊙ (∂P − Σ_row(∂P ⊙ P)).
+  static void vjp(const SinkhornPlan& plan, BlockRef m0, BlockRef g, BlockRef out, Workspace& work) {
+    Block probs;
+    start(plan, m0, probs);
+    const T* previous = &m0[0][0];
+    for (int64_t s = 0; s < plan.steps; ++s) {
+      std::copy(previous, previous + NN * kLanes, &work.y(s)[0][0]);
+      step(plan.normalises_columns(s), floor_of(plan), work.y(s), work.d(s));
+      previous = &work.y(s)[0][0];
+    }
+    for (int64_t s = plan.steps - 1; s >= 0; --s) {
+      const bool columns = plan.normalises_columns(s);
+      const Block& y = work.y(s);
+      const Rows& d = work.d(s);
+      Rows dot = {};
+      for (int i = 0; i < N; ++i)
+        for (int j = 0; j < N; ++j)
+          for (int l = 0; l < kLanes; ++l) dot[divisor_of(columns, i, j)][l] += g[i * N + j][l] * y[i * N + j][l];
+      for (int i = 0; i < N; ++i)
+        for (int j = 0; j < N; ++j) {
+          const int r = divisor_of(columns, i, j);
+          for (int l = 0; l < kLanes; ++l) g[i * N + j][l] = (g[i * N + j][l] - dot[r][l]) / d[r][l];
+        }
+    }
+    if (!plan.deepseek) {
+      for (int k = 0; k < NN; ++k)
+        for (int l = 0; l < kLanes; ++l) out[k][l] = g[k][l] * m0[k][l];
+      return;
+    }
+    for (int a = 0; a < N; ++a) {
+      T dot[kLanes] = {};
+      for (int b = 0; b < N; ++b)
+        for (int l = 0; l < kLanes; ++l) dot[l] += g[b * N + a][l] * probs[a * N + b][l];
+      for (int b = 0; b < N; ++b)
+        for (int l = 0; l < kLanes; ++l) out[a * N + b][l] = probs[a * N + b][l] * (g[b * N + a][l] - dot[l]);
+    }
+  }
+
   static void forward(const SinkhornPlan& plan, const T* logits, T* out, int64_t tokens) {
     at::parallel_for(0, tokens, kGrainTokens, [&](int64_t begin, int64_t end) {
-      Block m, probs;
-      Rows d;
+      Block m;
       for (int64_t t = begin; t < end; t += kLanes) {
         const int count = static_cast<int>(std::min<int64_t>(kLanes, end - t));
         gather(logits, t, count, m);
-        start(plan, m, probs);
-        for (int64_t s = 0; s < plan.steps; ++s) step(plan.normalises_columns(s), floor_of(plan), m, d);
+        project(plan, m);
         scatter(m, t, count, out);
       }
     });
   }
 
-  // Vector-Jacobian product: recompute the iterates (kept per block), then walk the steps backwards with
-  // ∂m = (∂y − Σ_axis(∂y ⊙ y)) / d, and finish with the start's product: paper ∂L = m0 ⊙ ∂m0;
-  // deepseek-v4 ∂P[j][i] = ∂m0[i][j], ∂L = P ⊙ (∂P − Σ_row(∂P ⊙ P)).
   static void backward(const SinkhornPlan& plan, const T* grad_out, const T* logits, T* grad_logits,
                        int64_t tokens) {
     at::parallel_for(0, tokens, kGrainTokens, [&](int64_t begin, int64_t end) {
-      // iterates[s] = y after step s, divisors[s] = its d.
-      std::vector<T> iterate_store(plan.steps * NN * kLanes), divisor_store(plan.steps * N * kLanes);
-      auto* iterates = reinterpret_cast<Block*>(iterate_store.data());
-      auto* divisors = reinterpret_cast<Rows*>(divisor_store.data());
-      Block m0, probs, g, out;
+      Workspace work(plan);
+      Block m, g, out;
       for (int64_t t = begin; t < end; t += kLanes) {
         const int count = static_cast<int>(std::min<int64_t>(kLanes, end - t));
-        gather(logits, t, count, m0);
-        start(plan, m0, probs);
-        const Block* previous = &m0;
-        for (int64_t s = 0; s < plan.steps; ++s) {
-          std::copy(&(*previous)[0][0], &(*previous)[0][0] + NN * kLanes, &iterates[s][0][0]);
-          step(plan.normalises_columns(s), floor_of(plan), iterates[s], divisors[s]);
-          previous = &iterates[s];
-        }
+        gather(logits, t, count, m);
         gather(grad_out, t, count, g);
-        for (int64_t s = plan.steps - 1; s >= 0; --s) {
-          const bool columns = plan.normalises_columns(s);
-          const Block& y = iterates[s];
-          const Rows& d = divisors[s];
-          Rows dot = {};
-          for (int i = 0; i < N; ++i)
-            for (int j = 0; j < N; ++j)
-              for (int l = 0; l < kLanes; ++l) dot[divisor_of(columns, i, j)][l] += g[i * N + j][l] * y[i * N + j][l];
-          for (int i = 0; i < N; ++i)
-            for (int j = 0; j < N; ++j) {
-              const int r = divisor_of(columns, i, j);
-              for (int l = 0; l < kLanes; ++l) g[i * N + j][l] = (g[i * N + j][l] - dot[r][l]) / d[r][l];
-            }
-        }
-        if (!plan.deepseek) {
-          for (int k = 0; k < NN; ++k)
-            for (int l = 0; l < kLanes; ++l) out[k][l] = g[k][l] * m0[k][l];
-        } else {
-          for (int a = 0; a < N; ++a) {
-            T dot[kLanes] = {};
-            for (int b = 0; b < N; ++b)
-              for (int l = 0; l < kLanes; ++l) dot[l] += g[b * N + a][l] * probs[a * N + b][l];
-            for (int b = 0; b < N; ++b)
-              for (int l = 0; l < kLanes; ++l) out[a * N + b][l] = probs[a * N + b][l] * (g[b * N + a][l] - dot[l]);
-          }
-        }
+        vjp(plan, m, g, out, work);
         scatter(out, t, count, grad_logits);
       }
     });
@@ -457,6 +476,221 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> post_res_mix_bwd(cons
   return {grad_x, grad_f, grad_post, grad_res};
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// The fused mHC read: coefficients (x·φ and Σx² in one pass over x, α/r scale, bias, σ, 2σ), Sinkhorn and the
+// pre-mix, token block by token block. Forward reads x once; backward reads it once and writes one ∂x, where
+// the composition of the primitive ops reads x four times and writes three (T, n·C) gradients that autograd
+// then sums. Columns of the M = 2n + n² logits: [pre (n) | post (n) | res (n²)], gated by α = (α_pre, α_post,
+// α_res). ∂φ = xᵀ ∂p and the α / bias sums over tokens are left to BLAS and torch (kernels/cpu_ops.py).
+
+template <typename T, int N>
+struct Read {
+  static constexpr int NN = N * N;
+  static constexpr int M = 2 * N + NN;
+  using SK = Sinkhorn<T, N>;
+
+  static int group_of(int m) { return m < N ? 0 : (m < 2 * N ? 1 : 2); }
+  static T sigmoid(T v) { return T(1) / (T(1) + std::exp(-v)); }
+
+  // proj = x·φ for one token (φ row-major (K, M)): four independent accumulator rows keep the FMA chains short.
+  static void project_row(const T* xt, const T* phi, int64_t K, T* proj) {
+    T acc[4][M] = {};
+    int64_t k = 0;
+    for (; k + 4 <= K; k += 4)
+      for (int r = 0; r < 4; ++r) axpy_row(acc[r], xt[k + r], phi + (k + r) * M);
+    for (; k < K; ++k) axpy_row(acc[0], xt[k], phi + k * M);
+    for (int m = 0; m < M; ++m) proj[m] = (acc[0][m] + acc[1][m]) + (acc[2][m] + acc[3][m]);
+  }
+
+  static void axpy_row(T* acc, T w, const T* row) {
+#pragma omp simd
+    for (int m = 0; m < M; ++m) acc[m] += w * row[m];
+  }
+
+  static void forward(const T* x, const T* phi, const T* alpha, const T* bias, T norm_eps, T pre_eps,
+                      const SinkhornPlan& plan, T* u, T* h_pre, T* h_post, T* h_res, T* scaled, T* inv_rms,
+                      int64_t tokens, int64_t width) {
+    const int64_t K = N * width;
+    at::parallel_for(0, tokens, kGrainTokens, [&](int64_t begin, int64_t end) {
+      typename SK::Block block;
+      for (int64_t t0 = begin; t0 < end; t0 += kLanes) {
+        const int count = static_cast<int>(std::min<int64_t>(kLanes, end - t0));
+        for (int l = 0; l < count; ++l) {
+          const int64_t t = t0 + l;
+          const T* xt = x + t * K;
+          T proj[M];
+          project_row(xt, phi, K, proj);
+          const T inv = T(1) / std::sqrt(dot(xt, xt, K) / static_cast<T>(K) + norm_eps);
+          inv_rms[t] = inv;
+          for (int m = 0; m < M; ++m) {
+            const T z = proj[m] * inv;
+            scaled[t * M + m] = z;
+            const T logit = alpha[group_of(m)] * z + bias[m];
+            if (m < N)
+              h_pre[t * N + m] = sigmoid(logit) + pre_eps;
+            else if (m < 2 * N)
+              h_post[t * N + m - N] = T(2) * sigmoid(logit);
+            else
+              block[m - 2 * N][l] = logit;
+          }
+          mix_row(xt, h_pre + t * N, u + t * width, width);
+        }
+        for (int l = count; l < kLanes; ++l)
+          for (int k = 0; k < NN; ++k) block[k][l] = block[k][0];
+        SK::project(plan, block);
+        SK::scatter(block, t0, count, h_res);
+      }
+    });
+  }
+
+  // u = Σ_j h[j] x_j over one token's rows.
+  static void mix_row(const T* xt, const T* h, T* ut, int64_t width) {
+#pragma omp simd
+    for (int64_t c = 0; c < width; ++c) {
+      T total = 0;
+      for (int j = 0; j < N; ++j) total += h[j] * xt[j * width + c];
+      ut[c] = total;
+    }
+  }
+
+  // ∂x = h_pre ⊗ ∂u + φ ∂p − c·x for one token, with φᵀ row-major (M, K); four φᵀ rows per sweep over ∂x.
+  static void grad_x_row(const T* xt, const T* gu, const T* hp, const T* phi_t, const T* gp, T coef, T* gx,
+                         int64_t width) {
+    const int64_t K = N * width;
+    for (int j = 0; j < N; ++j) scale_sub_row(gx + j * width, hp[j], gu, coef, xt + j * width, width);
+    int m = 0;
+    for (; m + 4 <= M; m += 4) {
+      const T *p0 = phi_t + m * K, *p1 = p0 + K, *p2 = p1 + K, *p3 = p2 + K;
+      const T w0 = gp[m], w1 = gp[m + 1], w2 = gp[m + 2], w3 = gp[m + 3];
+#pragma omp simd
+      for (int64_t k = 0; k < K; ++k) gx[k] += (w0 * p0[k] + w1 * p1[k]) + (w2 * p2[k] + w3 * p3[k]);
+    }
+    for (; m < M; ++m) {
+      const T* pm = phi_t + m * K;
+      const T w = gp[m];
+#pragma omp simd
+      for (int64_t k = 0; k < K; ++k) gx[k] += w * pm[k];
+    }
+  }
+
+  // out = h·gu − coef·x over one row of C.
+  static void scale_sub_row(T* out, T h, const T* gu, T coef, const T* xj, int64_t width) {
+#pragma omp simd
+    for (int64_t c = 0; c < width; ++c) out[c] = h * gu[c] - coef * xj[c];
+  }
+
+  static void backward(const T* grad_u, const T* grad_post, const T* grad_res, const T* x, const T* phi_t,
+                       const T* alpha, const T* bias, const T* scaled, const T* inv_rms, const T* h_pre,
+                       const T* h_post, T pre_eps, const SinkhornPlan& plan, T* grad_x, T* grad_logits, T* grad_p,
+                       int64_t tokens, int64_t width) {
+    const int64_t K = N * width;
+    at::parallel_for(0, tokens, kGrainTokens, [&](int64_t begin, int64_t end) {
+      typename SK::Workspace work(plan);
+      typename SK::Block logits, g, out;
+      for (int64_t t0 = begin; t0 < end; t0 += kLanes) {
+        const int count = static_cast<int>(std::min<int64_t>(kLanes, end - t0));
+        for (int l = 0; l < kLanes; ++l) {
+          const int64_t t = t0 + (l < count ? l : 0);
+          for (int k = 0; k < NN; ++k) {
+            logits[k][l] = alpha[2] * scaled[t * M + 2 * N + k] + bias[2 * N + k];
+            g[k][l] = grad_res[t * NN + k];
+          }
+        }
+        SK::vjp(plan, logits, g, out, work);
+        for (int l = 0; l < count; ++l) {
+          const int64_t t = t0 + l;
+          const T* xt = x + t * K;
+          const T* gu = grad_u + t * width;
+          T gl[M];
+          for (int j = 0; j < N; ++j) {
+            const T s = h_pre[t * N + j] - pre_eps;
+            gl[j] = dot(xt + j * width, gu, width) * s * (T(1) - s);
+            const T q = h_post[t * N + j] / T(2);
+            gl[N + j] = grad_post[t * N + j] * T(2) * q * (T(1) - q);
+          }
+          for (int k = 0; k < NN; ++k) gl[2 * N + k] = out[k][l];
+          const T inv = inv_rms[t];
+          T gp[M], grad_inv_times_inv = 0;  // Σ_m ∂z ⊙ p · r⁻¹ = Σ_m ∂z ⊙ z
+          for (int m = 0; m < M; ++m) {
+            grad_logits[t * M + m] = gl[m];
+            const T gz = alpha[group_of(m)] * gl[m];
+            gp[m] = gz * inv;
+            grad_p[t * M + m] = gp[m];
+            grad_inv_times_inv += gz * scaled[t * M + m];
+          }
+          // ∂x gets −(∂r⁻¹ · r⁻³ / K) x with ∂r⁻¹ = Σ ∂z ⊙ p = (Σ ∂z ⊙ z) / r⁻¹.
+          const T coef = grad_inv_times_inv * inv * inv / static_cast<T>(K);
+          grad_x_row(xt, gu, h_pre + t * N, phi_t, gp, coef, grad_x + t * K, width);
+        }
+      }
+    });
+  }
+};
+
+void check_read_params(const at::Tensor& x, const at::Tensor& phi, const at::Tensor& alpha, const at::Tensor& bias) {
+  const auto [tokens, n, width] = check_streams_tensor(x);
+  const int64_t columns = 2 * n + n * n;
+  check_per_token(x, phi, "phi", {n * width, columns});
+  check_per_token(x, alpha, "alpha", {3});
+  check_per_token(x, bias, "bias", {columns});
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mhc_read_fwd(
+    const at::Tensor& x, const at::Tensor& phi, const at::Tensor& alpha, const at::Tensor& bias, double eps,
+    double pre_eps, int64_t iters, bool deepseek) {
+  check_read_params(x, phi, alpha, bias);
+  TORCH_CHECK(iters >= 0, "mhc_cpu: sinkhorn iterations (", iters, ") must be >= 0");
+  const auto [tokens, n, width] = check_streams_tensor(x);
+  const SinkhornPlan plan(iters, deepseek, eps);
+  at::Tensor u = at::empty({tokens, width}, x.options());
+  at::Tensor h_pre = at::empty({tokens, n}, x.options()), h_post = at::empty({tokens, n}, x.options());
+  at::Tensor h_res = at::empty({tokens, n, n}, x.options());
+  at::Tensor scaled = at::empty({tokens, 2 * n + n * n}, x.options()), inv_rms = at::empty({tokens}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mhc_cpu_read_fwd", [&] {
+    with_streams(n, [&](auto streams) {
+      Read<scalar_t, decltype(streams)::value>::forward(
+          x.const_data_ptr<scalar_t>(), phi.const_data_ptr<scalar_t>(), alpha.const_data_ptr<scalar_t>(),
+          bias.const_data_ptr<scalar_t>(), static_cast<scalar_t>(eps), static_cast<scalar_t>(pre_eps), plan,
+          u.mutable_data_ptr<scalar_t>(), h_pre.mutable_data_ptr<scalar_t>(), h_post.mutable_data_ptr<scalar_t>(),
+          h_res.mutable_data_ptr<scalar_t>(), scaled.mutable_data_ptr<scalar_t>(), inv_rms.mutable_data_ptr<scalar_t>(),
+          tokens, width);
+    });
+  });
+  return {u, h_pre, h_post, h_res, scaled, inv_rms};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mhc_read_bwd(
+    const at::Tensor& grad_u, const at::Tensor& grad_post, const at::Tensor& grad_res, const at::Tensor& x,
+    const at::Tensor& phi, const at::Tensor& alpha, const at::Tensor& bias, const at::Tensor& scaled,
+    const at::Tensor& inv_rms, const at::Tensor& h_pre, const at::Tensor& h_post, double eps, double pre_eps,
+    int64_t iters, bool deepseek) {
+  check_read_params(x, phi, alpha, bias);
+  const auto [tokens, n, width] = check_streams_tensor(x);
+  const int64_t columns = 2 * n + n * n;
+  check_per_token(x, grad_u, "grad_u", {tokens, width});
+  check_per_token(x, grad_post, "grad_post", {tokens, n});
+  check_per_token(x, grad_res, "grad_res", {tokens, n, n});
+  check_per_token(x, scaled, "scaled", {tokens, columns});
+  check_per_token(x, inv_rms, "inv_rms", {tokens});
+  check_per_token(x, h_pre, "h_pre", {tokens, n});
+  check_per_token(x, h_post, "h_post", {tokens, n});
+  const SinkhornPlan plan(iters, deepseek, eps);
+  at::Tensor phi_t = phi.t().contiguous();
+  at::Tensor grad_x = at::empty_like(x), grad_logits = at::empty_like(scaled), grad_p = at::empty_like(scaled);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mhc_cpu_read_bwd", [&] {
+    with_streams(n, [&](auto streams) {
+      Read<scalar_t, decltype(streams)::value>::backward(
+          grad_u.const_data_ptr<scalar_t>(), grad_post.const_data_ptr<scalar_t>(), grad_res.const_data_ptr<scalar_t>(),
+          x.const_data_ptr<scalar_t>(), phi_t.const_data_ptr<scalar_t>(), alpha.const_data_ptr<scalar_t>(),
+          bias.const_data_ptr<scalar_t>(), scaled.const_data_ptr<scalar_t>(), inv_rms.const_data_ptr<scalar_t>(),
+          h_pre.const_data_ptr<scalar_t>(), h_post.const_data_ptr<scalar_t>(), static_cast<scalar_t>(pre_eps), plan,
+          grad_x.mutable_data_ptr<scalar_t>(), grad_logits.mutable_data_ptr<scalar_t>(),
+          grad_p.mutable_data_ptr<scalar_t>(), tokens, width);
+    });
+  });
+  return {grad_x, grad_logits, grad_p};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(mhc_cpu, m) {
@@ -467,6 +701,11 @@ TORCH_LIBRARY(mhc_cpu, m) {
   m.def("post_res_mix_fwd(Tensor x, Tensor f, Tensor h_post, Tensor h_res) -> Tensor");
   m.def("post_res_mix_bwd(Tensor grad, Tensor x, Tensor f, Tensor h_post, Tensor h_res) -> "
         "(Tensor, Tensor, Tensor, Tensor)");
+  m.def("mhc_read_fwd(Tensor x, Tensor phi, Tensor alpha, Tensor bias, float eps, float pre_eps, int iters, "
+        "bool deepseek) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("mhc_read_bwd(Tensor grad_u, Tensor grad_post, Tensor grad_res, Tensor x, Tensor phi, Tensor alpha, "
+        "Tensor bias, Tensor scaled, Tensor inv_rms, Tensor h_pre, Tensor h_post, float eps, float pre_eps, "
+        "int iters, bool deepseek) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(mhc_cpu, CPU, m) {
@@ -476,4 +715,6 @@ TORCH_LIBRARY_IMPL(mhc_cpu, CPU, m) {
   m.impl("pre_mix_bwd", &pre_mix_bwd);
   m.impl("post_res_mix_fwd", &post_res_mix_fwd);
   m.impl("post_res_mix_bwd", &post_res_mix_bwd);
+  m.impl("mhc_read_fwd", &mhc_read_fwd);
+  m.impl("mhc_read_bwd", &mhc_read_bwd);
 }

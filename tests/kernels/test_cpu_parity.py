@@ -17,8 +17,8 @@ import torch
 from torch.autograd import gradcheck
 
 from kernels import reference
-from kernels.cpu_ops import CPP_OPS, post_res_mix, pre_mix, sinkhorn
-from kernels.dispatch import get_ops, resolve_backend
+from kernels.cpu_ops import CPP_OPS, mhc_read, post_res_mix, pre_mix, sinkhorn
+from kernels.dispatch import TORCH_OPS, get_ops, resolve_backend
 from models import build_model
 from models.presets import get_preset
 
@@ -33,7 +33,7 @@ def _rand(*shape, seed, scale=1.0, dtype=torch.float64):
 def _grads(output, inputs, seed):
     generator = torch.Generator().manual_seed(seed)
     cotangent = torch.randn(output.shape, generator=generator, dtype=torch.float64).to(output.dtype)
-    return torch.autograd.grad(output, inputs, cotangent)
+    return torch.autograd.grad(output, inputs, cotangent, retain_graph=True)
 
 
 def _assert_close(actual, expected, rtol, atol):
@@ -78,6 +78,43 @@ def test_mixes_match_reference_in_float64(n):
         actual, expected = ours(*inputs), theirs(*inputs)
         _assert_close([actual], [expected], rtol=1e-12, atol=1e-12)
         _assert_close(_grads(actual, inputs, seed=n), _grads(expected, inputs, seed=n), rtol=1e-10, atol=1e-12)
+
+
+def _read_inputs(tokens, n, width, seed):
+    columns = 2 * n + n * n
+    return (
+        _rand(tokens, n, width, seed=seed),
+        _rand(n * width, columns, seed=seed + 1, scale=0.3),
+        _rand(3, seed=seed + 2),
+        _rand(columns, seed=seed + 3),
+    )
+
+
+@pytest.mark.parametrize("n", STREAMS)
+@pytest.mark.parametrize(("convention", "iters"), [("paper", 20), ("deepseek-v4", 20), ("deepseek-v4", 1)])
+def test_fused_read_matches_the_composed_reference_in_float64(convention, iters, n):
+    """One kernel for coefficients + Sinkhorn + pre-mix against the reference ops one after another."""
+    inputs = _read_inputs(203, n, 21, seed=40)
+    pre_eps = 1e-6 if convention == "deepseek-v4" else 0.0
+    expected = TORCH_OPS.mhc_read(*inputs, 1e-6, pre_eps, iters, convention)
+    actual = mhc_read(*inputs, 1e-6, pre_eps, iters, convention)
+    _assert_close(actual, expected, rtol=1e-12, atol=1e-12)
+    for seed in range(3):  # each output alone, the others' gradients absent (None), then all together
+        pick = [index == seed for index in range(3)]
+        subset = [t for t, keep in zip(actual, pick, strict=True) if keep]
+        reference_subset = [t for t, keep in zip(expected, pick, strict=True) if keep]
+        _assert_close(_grads(subset[0], inputs, seed), _grads(reference_subset[0], inputs, seed), 1e-10, 1e-12)
+    total = sum((t * (index + 1)).sum() for index, t in enumerate(actual))
+    reference_total = sum((t * (index + 1)).sum() for index, t in enumerate(expected))
+    _assert_close(
+        torch.autograd.grad(total, inputs), torch.autograd.grad(reference_total, inputs), rtol=1e-10, atol=1e-12
+    )
+
+
+def test_fused_read_passes_finite_difference_gradchecks():
+    inputs = _read_inputs(11, 3, 5, seed=50)
+    for convention, pre_eps in (("paper", 0.0), ("deepseek-v4", 1e-6)):
+        assert gradcheck(lambda *t, c=convention, e=pre_eps: mhc_read(*t, 1e-6, e, 6, c), inputs, eps=1e-6, atol=1e-6)
 
 
 def test_ops_pass_finite_difference_gradchecks():
