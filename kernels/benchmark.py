@@ -1,4 +1,4 @@
-"""Kernel benchmark: one mHC sublayer's primitive ops on a GPU, Triton vs eager PyTorch vs `torch.compile`.
+"""Kernel benchmark: one mHC sublayer's primitive ops, Triton (GPU) or fused C++ (CPU) vs eager PyTorch.
 
 For each width C (the paper's 3B / 9B / 27B widths by default), n streams and T tokens, it times the forward
 and the forward + backward of:
@@ -9,10 +9,13 @@ and the forward + backward of:
 - ``post_res_mix``  x' = H_res x + H_postᵀ f                      (T, n, C), (T, C) → (T, n, C)
 - ``mhc_layer``     the four chained, with F = identity (the mHC overhead around one sublayer)
 
-for three backends: the Triton kernels (`kernels.triton_ops`), the eager PyTorch reference
-(`kernels.reference`) and `torch.compile` of that reference. Times are the median of ``repeats`` runs after
-warm-up, each timed with CUDA events after flushing the L2 cache (as `triton.testing.do_bench` does), so every
-run streams its operands from HBM as in training. Each row also reports:
+for the backends of the device: on a GPU the Triton kernels (`kernels.triton_ops`), the eager PyTorch
+reference (`kernels.reference`) and `torch.compile` of that reference, each timed with CUDA events after
+flushing the L2 cache (as `triton.testing.do_bench` does), so every run streams its operands from HBM as in
+training; on CPU (``--device cpu``) the fused C++ kernels (`kernels.cpu_ops`) against the same reference, timed
+by the wall clock with caches as the previous run left them. ``mhc_layer`` calls the backend's ``mhc_read``, so
+on CPU it includes the fused read kernel. Times are the median of ``repeats`` runs after warm-up. Each row also
+reports:
 
 - ``bytes``: what the op must move at least (MHC_SPEC §5: every input read once, every output written once;
   the backward reads the saved inputs and the output gradients and writes the input gradients). The whole
@@ -20,11 +23,13 @@ run streams its operands from HBM as in training. Each row also reports:
 - ``gb_per_s`` = bytes / time, and ``copy_fraction`` = that over the device copy bandwidth measured in the
   same run (a 1 GiB ``copy_``, read + write); the issue's target for the memory-bound ops is ≥ 0.8.
 - ``speedup_vs_eager`` = eager time / this backend's time for the same op, mode and width.
+- ``max_rel_error``: the forward max-norm error of the fast backend (Triton or C++) against eager.
 
 Usage: ``python -m kernels.benchmark [--tokens 16384] [--n 4] [--widths 1280 1920 2560]`` (also wired to
-``ladder bench kernels``). Only torch and triton are needed (rich is used for the table when installed). Rows
+``ladder bench kernels``); on CPU ``--device cpu --threads 2`` (defaults there: the P1 / P4 widths 96 and 160,
+4096 tokens, float32). Only torch and triton are needed (rich is used for the table when installed). Rows
 are appended in long format to ``benchmarks/results/kernels.csv`` with the machine, GPU, versions, git SHA and
-time. Without a CUDA device it says so and returns no rows.
+time. Without a CUDA device and without ``--device cpu`` it says so and returns no rows.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ import torch
 
 from kernels import reference
 from kernels.dispatch import TORCH_OPS, MHCOps, compose_mhc_read
-from models.benchlog import append_rows, git_sha, timestamp
+from models.benchlog import append_rows, git_sha, machine, timestamp
 
 __all__ = ["DEFAULT_CSV", "append_csv", "describe", "op_bytes", "print_table", "run_kernel_benchmark"]
 
@@ -51,7 +56,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CSV = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "kernels.csv"
 OPS = ("coefficients", "sinkhorn", "pre_mix", "post_res_mix", "mhc_layer")
-BACKENDS = ("triton", "torch", "compiled")
+BACKENDS = ("triton", "cpp", "torch", "compiled")
+FAST_BACKENDS = ("triton", "cpp")  # the backend each run is about; the others are baselines
+GPU_BACKENDS = ("triton", "torch", "compiled")
 MODES = ("fwd", "fwd+bwd")
 NEEDS_GPU = "the kernel benchmark needs a CUDA GPU (none is visible); nothing was timed"
 _L2_FLUSH_BYTES = 256 * 2**20  # larger than any current GPU's L2 (H100: 50 MiB, H200: 60 MiB)
@@ -102,9 +109,7 @@ def _cases(
         return ops.coefficients(t[0].flatten(1), t[1], t[2], t[3], n, 1e-6, 1e-6)
 
     def layer(ops: MHCOps, t: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        h_pre, h_post, res = ops.coefficients(t[0].flatten(1), t[1], t[2], t[3], n, 1e-6, 1e-6)
-        h_res = ops.sinkhorn(res.view(-1, n, n), iters, convention, 1e-6)
-        u_TC = ops.pre_mix(t[0], h_pre)
+        u_TC, h_post, h_res = ops.mhc_read(t[0], t[1], t[2], t[3], 1e-6, 1e-6, iters, convention)
         return (ops.post_res_mix(t[0], u_TC, h_post, h_res),)
 
     nbytes = op_bytes(n, width, tokens, dtype)
@@ -135,6 +140,23 @@ def _compiled_ops() -> MHCOps:
         post_res_mix=torch.compile(reference.post_res_mix, dynamic=False),
         mhc_read=compose_mhc_read(coefficients, sinkhorn, pre_mix),
     )
+
+
+def _backend_ops(backends: tuple[str, ...]) -> dict[str, MHCOps]:
+    """The ops of each named backend; the fast ones are imported here (triton needs a GPU, cpp a compiler)."""
+    ops: dict[str, MHCOps] = {"torch": TORCH_OPS}
+    if "triton" in backends:
+        from kernels import triton_ops
+
+        ops["triton"] = triton_ops.TRITON_OPS
+    if "cpp" in backends:
+        from kernels import cpu_ops
+
+        cpu_ops.cpu_kernels()
+        ops["cpp"] = cpu_ops.CPP_OPS
+    if "compiled" in backends:
+        ops["compiled"] = _compiled_ops()
+    return ops
 
 
 def _median_ms(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
@@ -201,7 +223,7 @@ def _environment(device: torch.device) -> dict[str, str]:
     import triton
 
     return {
-        "machine": platform.node(),
+        "machine": platform.node() if device.type == "cuda" else machine(),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else "none (cpu)",
         "torch": torch.__version__,
         "triton": triton.__version__,
@@ -219,15 +241,16 @@ def run_kernel_benchmark(
     *,
     sinkhorn_iters: int = 20,
     convention: str = "paper",
-    backends: tuple[str, ...] = BACKENDS,
+    backends: tuple[str, ...] = GPU_BACKENDS,
     csv_path: Path | None = DEFAULT_CSV,
     device: torch.device | None = None,
 ) -> list[dict]:
     """Time every op × backend × mode × width; returns long-format rows (also appended to ``csv_path``).
 
-    Returns ``[]`` (with a warning) when no CUDA device is visible. ``csv_path=None`` skips the CSV.
-    ``device`` defaults to the current CUDA device; a CPU device is accepted only to test this harness under
-    ``TRITON_INTERPRET=1`` (its timings mean nothing).
+    Returns ``[]`` (with a warning) when no CUDA device is visible and ``device`` is not given. ``csv_path=None``
+    skips the CSV. ``device`` defaults to the current CUDA device. On a CPU device ``backends`` name ``cpp``
+    (the real CPU benchmark) or ``triton`` (the harness test under ``TRITON_INTERPRET=1``, whose timings mean
+    nothing). The first of ``backends`` that is Triton or C++ is the one checked against eager.
     """
     if device is None:
         if not torch.cuda.is_available():
@@ -235,25 +258,22 @@ def run_kernel_benchmark(
             return []
         device = torch.device("cuda", torch.cuda.current_device())
     unknown = set(backends) - set(BACKENDS)
-    if unknown or "triton" not in backends:
-        raise ValueError(f"backends {backends!r} must include 'triton' and be among {BACKENDS}")
-    from kernels import triton_ops  # imported here: building the kernels needs triton, and a GPU to run them
-
+    fast = [b for b in backends if b in FAST_BACKENDS]
+    if unknown or not fast:
+        raise ValueError(f"backends {backends!r} must include one of {FAST_BACKENDS} and be among {BACKENDS}")
     env = _environment(device)
     copy_gb_per_s = _copy_gb_per_s(repeats, device)
     log.info("device copy bandwidth %.0f GB/s on %s", copy_gb_per_s, env["gpu"])
-    backend_ops: dict[str, MHCOps] = {"triton": triton_ops.TRITON_OPS, "torch": TORCH_OPS}
-    if "compiled" in backends:
-        backend_ops["compiled"] = _compiled_ops()
+    backend_ops = _backend_ops(backends)
     rows: list[dict] = []
     for width in widths:
         cases = _cases(n, width, tokens, dtype, sinkhorn_iters, convention, device)
         for op in OPS:
             case = cases[op]
-            error = _max_error(case, backend_ops["triton"])
+            error = _max_error(case, backend_ops[fast[0]])
             if error > 2e-2:
                 log.warning(
-                    "triton %s at C=%d differs from eager by %.2e (max-norm relative)", op, width, error
+                    "%s %s at C=%d differs from eager by %.2e (max-norm relative)", fast[0], op, width, error
                 )
             for mode in MODES:
                 eager_ms = math.nan
@@ -283,7 +303,7 @@ def run_kernel_benchmark(
                             "copy_gb_per_s": copy_gb_per_s,
                             "copy_fraction": gb_per_s / copy_gb_per_s,
                             "speedup_vs_eager": eager_ms / ms,
-                            "triton_max_rel_error": error,
+                            "max_rel_error": error,
                             **env,
                         }
                     )
@@ -301,14 +321,14 @@ def describe(
     tokens: int,
     dtype: torch.dtype,
     repeats: int,
-    backends: tuple[str, ...] = BACKENDS,
+    backends: tuple[str, ...] = GPU_BACKENDS,
 ) -> list[str]:
     """What `run_kernel_benchmark` would time (the ``--dry-run`` text): the grid and the bytes of every op."""
     runs = len(widths) * len(OPS) * len(MODES) * len(backends)
     lines = [
         f"{runs} timings ({len(widths)} widths × {len(OPS)} ops × {len(MODES)} modes × "
         f"{len(backends)} backends), median of {repeats} runs each; n={n}, T={tokens}, "
-        f"{str(dtype).removeprefix('torch.')}; needs a CUDA GPU",
+        f"{str(dtype).removeprefix('torch.')}; backends {', '.join(backends)}",
         f"{'C':>6} {'op':>14} {'fwd MB':>10} {'bwd MB':>10}",
     ]
     for width in widths:
@@ -364,39 +384,56 @@ def print_table(rows: list[dict]) -> None:
     Console().print(table)
 
 
+# Defaults per device: the paper's widths in bf16 on a GPU; the CPU proxies' widths (P1, P4) in fp32 on CPU.
+_DEVICE_DEFAULTS = {
+    "cuda": {"widths": [1280, 1920, 2560], "tokens": 16384, "dtype": "bfloat16", "backends": ("triton", "torch")},
+    "cpu": {"widths": [96, 160], "tokens": 4096, "dtype": "float32", "backends": ("cpp", "torch")},
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--widths", type=int, nargs="+", default=[1280, 1920, 2560])
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    parser.add_argument("--widths", type=int, nargs="+", help="default: 1280 1920 2560 (cuda), 96 160 (cpu)")
     parser.add_argument("--n", type=int, default=4)
-    parser.add_argument("--tokens", type=int, default=16384)
-    parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    parser.add_argument("--tokens", type=int, help="default: 16384 (cuda), 4096 (cpu)")
+    parser.add_argument("--dtype", choices=["bfloat16", "float32"], help="default: bfloat16 (cuda), float32 (cpu)")
     parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (cpu)")
     parser.add_argument("--sinkhorn-iters", type=int, default=20)
     parser.add_argument("--convention", choices=["paper", "deepseek-v4"], default="paper")
-    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile backend")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile backend (cuda)")
     parser.add_argument("--csv", type=Path, default=DEFAULT_CSV, help="where to append rows ('-' to skip)")
     parser.add_argument(
         "--dry-run", action="store_true", help="print the grid and bytes per op, time nothing"
     )
     args = parser.parse_args(argv)
+    defaults = _DEVICE_DEFAULTS[args.device]
+    widths = tuple(args.widths or defaults["widths"])
+    tokens = args.tokens or defaults["tokens"]
+    dtype = getattr(torch, args.dtype or defaults["dtype"])
+    backends = defaults["backends"] if args.device == "cpu" or args.no_compile else GPU_BACKENDS
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if args.dry_run:
-        print(
-            "\n".join(
-                describe(tuple(args.widths), args.n, args.tokens, getattr(torch, args.dtype), args.repeats)
-            )
-        )
+        print("\n".join(describe(widths, args.n, tokens, dtype, args.repeats, backends)))
         return 0
+    device = None
+    if args.device == "cpu":
+        from models.cpu_runtime import configure_cpu_runtime
+
+        configure_cpu_runtime(args.threads)  # as training runs: its threads, freed memory kept for reuse
+        device = torch.device("cpu")
     rows = run_kernel_benchmark(
-        tuple(args.widths),
+        widths,
         args.n,
-        args.tokens,
-        getattr(torch, args.dtype),
+        tokens,
+        dtype,
         args.repeats,
         sinkhorn_iters=args.sinkhorn_iters,
         convention=args.convention,
-        backends=("triton", "torch") if args.no_compile else BACKENDS,
+        backends=backends,
         csv_path=None if str(args.csv) == "-" else args.csv,
+        device=device,
     )
     print_table(rows)
     return 0
