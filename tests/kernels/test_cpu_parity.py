@@ -130,12 +130,13 @@ def test_ops_pass_finite_difference_gradchecks():
 def test_low_precision_inputs_accumulate_in_fp32_and_keep_their_dtype():
     x = _rand(40, 4, 16, seed=30, dtype=torch.bfloat16)
     f = _rand(40, 16, seed=31, dtype=torch.bfloat16)
-    h_post = torch.rand(40, 4)
-    h_res = torch.softmax(torch.randn(40, 4, 4), dim=-1)
+    generator = torch.Generator().manual_seed(32)
+    h_post = torch.rand(40, 4, generator=generator)
+    h_res = torch.softmax(torch.randn(40, 4, 4, generator=generator), dim=-1)
     actual, expected = post_res_mix(x, f, h_post, h_res), reference.post_res_mix(x, f, h_post, h_res)
     assert actual.dtype == expected.dtype == torch.bfloat16
-    # fp32 sums in another order, then one rounding to bf16: at most one bf16 ulp (2⁻⁸ relative) apart.
-    torch.testing.assert_close(actual.float(), expected.float(), rtol=2**-8, atol=1e-6)
+    # fp32 sums in another order, then one rounding to bf16: at most one bf16 ulp (≤ 2⁻⁷ relative) apart.
+    torch.testing.assert_close(actual.float(), expected.float(), rtol=2**-7, atol=1e-6)
     gx, gf = _grads(actual, (x, f), seed=3)
     assert gx.dtype == gf.dtype == torch.bfloat16
 
