@@ -1,8 +1,11 @@
 """Model-step benchmark: forward + backward time and tokens/s per residual variant, on the CPU proxies.
 
 Every variant is timed in the same process, interleaved round-robin so that machine noise (other processes,
-frequency changes) hits all variants alike; the table reports the median and the ratio to ``residual`` measured
-in the same run. Rows are appended in long format to a CSV that analysis/ can read.
+frequency changes) hits all variants alike; the table reports the median step time and the ratio to
+``residual``: the median over rounds of each round's own ratio (the variant's step over the residual step
+timed next to it), which cancels load that changes from round to round on a shared machine, where a ratio
+of two medians taken over different rounds does not. Rows are appended in long format to a CSV that analysis/
+can read.
 
 A step is what training does: forward, loss, backward. By default the loss is the model's fused head +
 cross-entropy (``model(inputs, targets)``, `models.loss`); ``loss="logits"`` times the unfused
@@ -90,9 +93,9 @@ def run_step_benchmark(
                 elapsed = _time_step(model, tokens_BS, loss)
                 if round_index >= warmup:
                     times[name].append(elapsed)
-        baseline = statistics.median(times["residual"])
         for name in dict.fromkeys(["residual", *variants]):
             median = statistics.median(times[name])
+            paired = statistics.median(t / base for t, base in zip(times[name], times["residual"], strict=True))
             rows.append(
                 StepBenchmarkRow(
                     preset=preset,
@@ -103,7 +106,7 @@ def run_step_benchmark(
                     seq_len=seq_len,
                     median_ms=1e3 * median,
                     tokens_per_s=batch_size * seq_len / median,
-                    ratio_to_residual=median / baseline,
+                    ratio_to_residual=paired,
                 )
             )
     return rows
