@@ -8,26 +8,53 @@ calls wait for one build instead of racing.
 
 The build needs a C++ compiler and ninja (the ``ninja`` package, a dependency, ships the binary; its folder is
 put on ``PATH`` for the build, since a venv's ``bin`` is not on ``PATH`` when Ray starts a worker).
+
+`torch.utils.cpp_extension` imports setuptools, whose distutils override asserts when, later in a process,
+its shim falls back to the standard library's distutils (seen inside a training run under pytest); so this
+module imports it once, when `kernels` is first imported, and keeps the error if that import fails.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import logging
 import os
+import platform
 from pathlib import Path
 from types import ModuleType
 
 import torch
+
+_IMPORT_ERROR: Exception | None = None
+try:
+    from torch.utils import cpp_extension
+except Exception as error:  # any failure here only means "no C++ kernels"
+    cpp_extension, _IMPORT_ERROR = None, error
 
 __all__ = ["SOURCE", "cpu_kernels", "cpu_kernels_error"]
 
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).resolve().parent / "cpu" / "mhc_cpu.cpp"
-_EXTENSION_NAME = "mhc_ladder_cpu"
-# -fopenmp-simd: honour the `omp simd` reductions (vectorised dot products) without an OpenMP runtime.
+# -fopenmp: ATen's inline `at::parallel_for` is an OpenMP region, and the `omp simd` pragmas vectorise the
+# reductions. The library links libgomp.so.1, the soname of the copy torch bundles and has already loaded, so
+# the kernels share torch's thread pool and `torch.set_num_threads`. -march=native: AVX2/FMA where the CPU has
+# them, which is why the build is keyed by the CPU (`_extension_name`).
 _CFLAGS = ["-O3", "-fopenmp", "-march=native"]
+
+
+def _extension_name() -> str:
+    """One build per CPU instruction set: a cache shared between machines (an NFS home on a Ray cluster) must
+    not hand a -march=native library to a CPU that lacks its instructions."""
+    features = platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                features = line
+                break
+    return f"mhc_ladder_cpu_{hashlib.sha256(features.encode()).hexdigest()[:10]}"
 
 
 def _put_ninja_on_path() -> None:
@@ -42,11 +69,11 @@ def _put_ninja_on_path() -> None:
 def _load() -> ModuleType | Exception:
     """The `torch.ops.mhc_cpu` namespace, or the error that stopped the build (cached either way)."""
     try:
-        from torch.utils.cpp_extension import load
-
+        if _IMPORT_ERROR is not None:
+            raise _IMPORT_ERROR
         _put_ninja_on_path()
-        load(
-            _EXTENSION_NAME,
+        cpp_extension.load(
+            _extension_name(),
             [str(SOURCE)],
             extra_cflags=_CFLAGS,
             extra_ldflags=["-fopenmp"],

@@ -316,11 +316,12 @@ def bench_orchestrator(
     "kernels", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
 )
 def bench_kernels(ctx: typer.Context) -> None:
-    """Triton vs eager vs torch.compile mHC kernels on a CUDA GPU (GB/s, % of copy bandwidth, speedups).
+    """mHC kernels vs eager PyTorch: Triton (and torch.compile) on a CUDA GPU, or the fused C++ kernels with
+    --device cpu (GB/s, % of copy bandwidth, speedups).
 
     Options pass through to `python -m kernels.benchmark` (torch + triton only, for GPU machines without the
-    rest of the stack): --widths, --n, --tokens, --dtype, --repeats, --sinkhorn-iters, --convention,
-    --no-compile, --csv, --dry-run. Without a GPU it says so and exits 0.
+    rest of the stack): --device, --widths, --n, --tokens, --dtype, --repeats, --threads, --sinkhorn-iters,
+    --convention, --no-compile, --csv, --dry-run. Without a GPU and without --device cpu it says so and exits 0.
     """
     from kernels.benchmark import main as kernel_benchmark_main
 

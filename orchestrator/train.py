@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from kernels import resolve_backend
 from models import MoETransformer, build_model, collect_diagnostics, count_parameters, flops_per_token
 from models.cpu_runtime import configure_cpu_runtime
 from models.errors import ConfigError
@@ -103,19 +104,23 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _hardware(parallel: Parallel, threads: int) -> str:
-    """What the run's timings were measured on: overhead comparisons never mix different hardware."""
+def _hardware(parallel: Parallel, threads: int, kernel_backend: str) -> str:
+    """What the run's timings were measured on: overhead comparisons never mix different hardware.
+
+    It names the mHC kernel backend that ran (on CPU ``cpp``, or ``torch`` where the C++ kernels could not be
+    built): mHC's step-time overhead differs by 2× between the two, so their runs must not share a cell.
+    """
     device = parallel.device
     workers = f" × {parallel.world_size} workers ({parallel.resources.sharding})" if parallel.distributed else ""
     if device.type == "cuda":
-        return f"cuda:{torch.cuda.get_device_name(device)}{workers}"
+        return f"cuda:{torch.cuda.get_device_name(device)} ({kernel_backend} kernels){workers}"
     model = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-    return f"cpu:{model} ({os.cpu_count()} cores, {threads} threads){workers}"
+    return f"cpu:{model} ({os.cpu_count()} cores, {threads} threads, {kernel_backend} kernels){workers}"
 
 
 def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
@@ -269,6 +274,7 @@ def _run_locked(
     six_n_step = flops_per_token(spec.model, training.seq_len).six_n * training.tokens_per_step
 
     model = build_model(spec.model, device=device, seed=training.seed)  # the same weights on every rank
+    kernel_backend = resolve_backend(spec.model.kernel_backend, device)
     forward_model = parallel.prepare(model)
     optimizer = torch.optim.AdamW(
         model.parameters(),
@@ -323,7 +329,8 @@ def _run_locked(
                     "params_activated_non_embedding": str(params.activated_non_embedding),
                     "total_steps": str(total_steps),
                     "device": str(device),
-                    "hardware": _hardware(parallel, training.threads),
+                    "hardware": _hardware(parallel, training.threads, kernel_backend),
+                    "kernel_backend": kernel_backend,
                     "unigram_entropy": f"{dataset.metadata.unigram_entropy_nats:.6f}",
                 }
             )

@@ -1,5 +1,6 @@
 """The `ladder` CLI: every command has help; model info prints the accounting; bad input exits with the rule."""
 
+import csv
 import subprocess
 import sys
 from pathlib import Path
@@ -91,4 +92,19 @@ def test_bench_kernels_without_a_gpu_says_so_and_exits_cleanly():
 def test_bench_kernels_dry_run_lists_the_bytes_per_op():
     result = runner.invoke(app, ["bench", "kernels", "--dry-run", "--widths", "1280"])
     assert result.exit_code == 0, result.output
-    assert "1280" in result.output and "needs a CUDA GPU" in result.output
+    assert "1280" in result.output and "backends triton, torch, compiled" in result.output
+
+
+def test_bench_kernels_on_cpu_times_the_cpp_kernels_against_eager(tmp_path):
+    csv_path = tmp_path / "kernels.csv"
+    args = ["bench", "kernels", "--device", "cpu", "--widths", "24", "--tokens", "67", "--repeats", "2"]
+    result = runner.invoke(app, [*args, "--csv", str(csv_path)])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(csv_path.open()))
+    assert {(r["op"], r["mode"], r["backend"]) for r in rows} == {
+        (op, mode, backend)
+        for op in ("coefficients", "sinkhorn", "pre_mix", "post_res_mix", "mhc_layer")
+        for mode in ("fwd", "fwd+bwd")
+        for backend in ("cpp", "torch")
+    }
+    assert all(float(r["max_rel_error"]) < 1e-5 and float(r["median_ms"]) > 0 for r in rows)

@@ -57,6 +57,8 @@ def test_mlflow_holds_tags_params_histories_and_artifacts(tmp_path, pd_literary_
     tags = mlflow_run.data.tags
     assert tags["run_key"] == spec.run_key and tags["variant"] == "mhc" and tags["n"] == "4"
     assert tags["size"] == "nano" and int(tags["params_total"]) > 0
+    # auto resolved to the fused C++ kernels, and the hardware cell says so (overheads never mix backends)
+    assert tags["kernel_backend"] == "cpp" and tags["hardware"].endswith("threads, cpp kernels)")
     params = mlflow_run.data.params
     assert params["model.residual.sinkhorn_iters"] == "20" and params["training.lr"] == "0.003"
     losses = client.get_metric_history(result.run_id, "train/loss")
