@@ -83,7 +83,40 @@ def _load() -> ModuleType | Exception:
     except Exception as error:  # a compiler, ninja or linker failure of any kind means "unavailable"
         log.warning("the C++ CPU kernels could not be built (%s); the PyTorch reference path is used", error)
         return error
+    _register_fakes()
     return torch.ops.mhc_cpu
+
+
+def _register_fakes() -> None:
+    """Output shapes of every op for fake tensors, so `torch.compile` can trace a model that calls them."""
+
+    def like(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(torch.empty_like(t) for t in tensors)
+
+    fakes = {
+        "sinkhorn_fwd": lambda logits, iters, deepseek, eps: torch.empty_like(logits),
+        "sinkhorn_bwd": lambda grad, logits, iters, deepseek, eps: torch.empty_like(logits),
+        "pre_mix_fwd": lambda x, h_pre: x.new_empty(x.shape[0], x.shape[2]),
+        "pre_mix_bwd": lambda grad_u, x, h_pre: like(x, h_pre),
+        "post_res_mix_fwd": lambda x, f, h_post, h_res: torch.empty_like(x),
+        "post_res_mix_bwd": lambda grad, x, f, h_post, h_res: like(x, f, h_post, h_res),
+        "mhc_read_fwd": _read_fwd_fake,
+        "mhc_read_bwd": lambda grad_u, grad_post, grad_res, x, phi, alpha, bias, scaled, *rest: like(x, scaled, scaled),
+    }
+    for name, fake in fakes.items():
+        torch.library.register_fake(f"mhc_cpu::{name}", fake)
+
+
+def _read_fwd_fake(x, phi, alpha, bias, eps, pre_eps, iters, deepseek):
+    tokens, n, width = x.shape
+    return (
+        x.new_empty(tokens, width),
+        x.new_empty(tokens, n),
+        x.new_empty(tokens, n),
+        x.new_empty(tokens, n, n),
+        x.new_empty(tokens, phi.shape[1]),
+        x.new_empty(tokens),
+    )
 
 
 def cpu_kernels() -> ModuleType:

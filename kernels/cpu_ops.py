@@ -13,7 +13,9 @@ Each op has the signature and output dtypes of its `kernels.reference` counterpa
   `mhc_coefficients` from the reference.
 
 Inputs are promoted to fp32 (float64 stays float64, for the parity tests) and made contiguous; outputs are
-cast back to the input dtype, as the reference does.
+cast back to the input dtype, as the reference does. Importing this module builds or loads the kernels (and
+raises RuntimeError, naming the cause, where they cannot be built); the ops are then called as
+``torch.ops.mhc_cpu.*`` with fake-tensor shapes registered, so `torch.compile` traces through them.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from kernels.dispatch import MHCOps, compose_mhc_read
 
 __all__ = ["CPP_OPS", "mhc_read", "post_res_mix", "pre_mix", "sinkhorn"]
 
+_KERNELS = cpu_kernels()
+
 
 def _acc(t: Tensor) -> Tensor:
     return reference._acc(t).contiguous()
@@ -38,13 +42,13 @@ class _Sinkhorn(torch.autograd.Function):
     def forward(ctx, logits_TNN: Tensor, num_iters: int, deepseek: bool, eps: float) -> Tensor:
         ctx.args = (num_iters, deepseek, eps)
         ctx.save_for_backward(logits_TNN)
-        return cpu_kernels().sinkhorn_fwd(logits_TNN, num_iters, deepseek, eps)
+        return _KERNELS.sinkhorn_fwd(logits_TNN, num_iters, deepseek, eps)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_TNN: Tensor) -> tuple[Tensor, None, None, None]:
         (logits_TNN,) = ctx.saved_tensors
-        grad = cpu_kernels().sinkhorn_bwd(grad_TNN.to(logits_TNN.dtype).contiguous(), logits_TNN, *ctx.args)
+        grad = _KERNELS.sinkhorn_bwd(grad_TNN.to(logits_TNN.dtype).contiguous(), logits_TNN, *ctx.args)
         return grad, None, None, None
 
 
@@ -60,13 +64,13 @@ class _PreMix(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_TNC: Tensor, h_pre_TN: Tensor) -> Tensor:
         ctx.save_for_backward(x_TNC, h_pre_TN)
-        return cpu_kernels().pre_mix_fwd(x_TNC, h_pre_TN)
+        return _KERNELS.pre_mix_fwd(x_TNC, h_pre_TN)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_TC: Tensor) -> tuple[Tensor, Tensor]:
         x_TNC, h_pre_TN = ctx.saved_tensors
-        return cpu_kernels().pre_mix_bwd(grad_TC.to(x_TNC.dtype).contiguous(), x_TNC, h_pre_TN)
+        return _KERNELS.pre_mix_bwd(grad_TC.to(x_TNC.dtype).contiguous(), x_TNC, h_pre_TN)
 
 
 def pre_mix(x_TNC: Tensor, h_pre_TN: Tensor) -> Tensor:
@@ -79,13 +83,13 @@ class _PostResMix(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_TNC: Tensor, f_TC: Tensor, h_post_TN: Tensor, h_res_TNN: Tensor) -> Tensor:
         ctx.save_for_backward(x_TNC, f_TC, h_post_TN, h_res_TNN)
-        return cpu_kernels().post_res_mix_fwd(x_TNC, f_TC, h_post_TN, h_res_TNN)
+        return _KERNELS.post_res_mix_fwd(x_TNC, f_TC, h_post_TN, h_res_TNN)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_TNC: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         saved = ctx.saved_tensors
-        return cpu_kernels().post_res_mix_bwd(grad_TNC.to(saved[0].dtype).contiguous(), *saved)
+        return _KERNELS.post_res_mix_bwd(grad_TNC.to(saved[0].dtype).contiguous(), *saved)
 
 
 def post_res_mix(x_TNC: Tensor, f_TC: Tensor, h_post_TN: Tensor, h_res_TNN: Tensor) -> Tensor:
@@ -99,7 +103,7 @@ def post_res_mix(x_TNC: Tensor, f_TC: Tensor, h_post_TN: Tensor, h_res_TNN: Tens
 class _MHCRead(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_TNC, phi_KM, alpha_3, bias_M, eps, pre_eps, num_iters, deepseek):
-        u_TC, h_pre_TN, h_post_TN, h_res_TNN, scaled_TM, inv_rms_T = cpu_kernels().mhc_read_fwd(
+        u_TC, h_pre_TN, h_post_TN, h_res_TNN, scaled_TM, inv_rms_T = _KERNELS.mhc_read_fwd(
             x_TNC, phi_KM, alpha_3, bias_M, eps, pre_eps, num_iters, deepseek
         )
         ctx.args = (eps, pre_eps, num_iters, deepseek)
@@ -115,7 +119,7 @@ class _MHCRead(torch.autograd.Function):
         def dense(grad: Tensor | None, like: Tensor) -> Tensor:
             return torch.zeros_like(like) if grad is None else grad.to(like.dtype).contiguous()
 
-        grad_x, grad_logits_TM, grad_p_TM = cpu_kernels().mhc_read_bwd(
+        grad_x, grad_logits_TM, grad_p_TM = _KERNELS.mhc_read_bwd(
             dense(grad_u_TC, x_TNC[:, 0]),
             dense(grad_post_TN, h_post_TN),
             dense(grad_res_TNN, x_TNC.new_empty(T, n, n)),

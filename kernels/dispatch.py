@@ -84,9 +84,8 @@ def get_ops(backend: str, device: torch.device) -> MHCOps:
     if resolved == "cpp":
         if device.type != "cpu":
             raise ValueError(f"kernel_backend 'cpp' runs on CPU tensors only, not on {device}")
-        cpu_ops = importlib.import_module("kernels.cpu_ops")
-        cpu_ops.cpu_kernels()  # build now: a missing compiler is reported here, not at the first forward
-        return cpu_ops.CPP_OPS
+        # Importing builds the kernels: a missing compiler is reported here, not at the first forward.
+        return importlib.import_module("kernels.cpu_ops").CPP_OPS
     try:
         triton_ops = importlib.import_module("kernels.triton_ops")
     except ImportError as error:

@@ -157,6 +157,24 @@ def test_model_trains_the_same_on_cpp_and_torch_backends():
         torch.testing.assert_close(grads["cpp"][name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_torch_compile_traces_the_kernels_in_one_graph():
+    """Fake-tensor shapes are registered for every op: dynamo traces a connection without a graph break
+    (``fullgraph``) and AOT autograd runs the kernels' own backward."""
+    x, phi, alpha, bias = (t.detach().float().requires_grad_() for t in _read_inputs(37, 4, 8, seed=60))
+    f = torch.randn(37, 8, generator=torch.Generator().manual_seed(61), requires_grad=True)
+
+    def connection(ops, x, f, phi, alpha, bias):
+        u_TC, h_post, h_res = ops.mhc_read(x, phi, alpha, bias, 1e-6, 0.0, 20, "paper")
+        return ops.post_res_mix(x, u_TC * f, h_post, h_res).square().sum()
+
+    compiled = torch.compile(lambda *t: connection(CPP_OPS, *t), backend="aot_eager", fullgraph=True)
+    inputs = (x, f, phi, alpha, bias)
+    actual, expected = compiled(*inputs), connection(TORCH_OPS, *inputs)
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+    for a, e in zip(torch.autograd.grad(actual, inputs), torch.autograd.grad(expected, inputs), strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-5)
+
+
 def test_auto_picks_the_cpp_kernels_on_cpu_and_refuses_other_devices():
     assert resolve_backend("auto", torch.device("cpu")) == "cpp"
     assert get_ops("auto", torch.device("cpu")) is CPP_OPS
