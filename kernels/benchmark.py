@@ -152,7 +152,6 @@ def _backend_ops(backends: tuple[str, ...]) -> dict[str, MHCOps]:
     if "cpp" in backends:
         from kernels import cpu_ops
 
-        cpu_ops.cpu_kernels()
         ops["cpp"] = cpu_ops.CPP_OPS
     if "compiled" in backends:
         ops["compiled"] = _compiled_ops()
