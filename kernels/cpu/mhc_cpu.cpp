@@ -299,6 +299,18 @@ T dot(const T* a, const T* b, int64_t len) {
   return total;
 }
 
+// out[c] = Σ_r w[r] · rows[r·width + c] over R contiguous rows of one token: a stream mix (u = Σ_j h_pre[j] x_j),
+// or the mixes' gradients (∂f = Σ_i h_post[i] ∂x'_i, ∂x_j = Σ_i H[i, j] ∂x'_i).
+template <typename T, int R>
+void combine_rows(const T* rows, const T* w, T* out, int64_t width) {
+#pragma omp simd
+  for (int64_t c = 0; c < width; ++c) {
+    T total = 0;
+    for (int r = 0; r < R; ++r) total += w[r] * rows[r * width + c];
+    out[c] = total;
+  }
+}
+
 struct StreamShape {
   int64_t tokens, n, width;
 };
@@ -319,17 +331,7 @@ struct Mix {
   // u = Σ_j h_pre[j] x_j
   static void pre_forward(const T* x, const T* h_pre, T* u, int64_t tokens, int64_t width) {
     at::parallel_for(0, tokens, kGrainTokens, [&](int64_t begin, int64_t end) {
-      for (int64_t t = begin; t < end; ++t) {
-        const T* xt = x + t * N * width;
-        const T* h = h_pre + t * N;
-        T* ut = u + t * width;
-#pragma omp simd
-        for (int64_t c = 0; c < width; ++c) {
-          T total = 0;
-          for (int j = 0; j < N; ++j) total += h[j] * xt[j * width + c];
-          ut[c] = total;
-        }
-      }
+      for (int64_t t = begin; t < end; ++t) combine_rows<T, N>(x + t * N * width, h_pre + t * N, u + t * width, width);
     });
   }
 
@@ -387,21 +389,11 @@ struct Mix {
           grad_post[t * N + i] = dot(gt + i * width, ft, width);
           for (int j = 0; j < N; ++j) grad_res[(t * N + i) * N + j] = dot(gt + i * width, xt + j * width, width);
         }
-        T* gf = grad_f + t * width;
-#pragma omp simd
-        for (int64_t c = 0; c < width; ++c) {
-          T total = 0;
-          for (int i = 0; i < N; ++i) total += hp[i] * gt[i * width + c];
-          gf[c] = total;
-        }
+        combine_rows<T, N>(gt, hp, grad_f + t * width, width);
         for (int j = 0; j < N; ++j) {
-          T* gx = grad_x + (t * N + j) * width;
-#pragma omp simd
-          for (int64_t c = 0; c < width; ++c) {
-            T total = 0;
-            for (int i = 0; i < N; ++i) total += hr[i * N + j] * gt[i * width + c];
-            gx[c] = total;
-          }
+          T column[N];  // H[:, j]
+          for (int i = 0; i < N; ++i) column[i] = hr[i * N + j];
+          combine_rows<T, N>(gt, column, grad_x + (t * N + j) * width, width);
         }
       }
     });
@@ -533,7 +525,7 @@ struct Read {
             else
               block[m - 2 * N][l] = logit;
           }
-          mix_row(xt, h_pre + t * N, u + t * width, width);
+          combine_rows<T, N>(xt, h_pre + t * N, u + t * width, width);
         }
         for (int l = count; l < kLanes; ++l)
           for (int k = 0; k < NN; ++k) block[k][l] = block[k][0];
@@ -541,16 +533,6 @@ struct Read {
         SK::scatter(block, t0, count, h_res);
       }
     });
-  }
-
-  // u = Σ_j h[j] x_j over one token's rows.
-  static void mix_row(const T* xt, const T* h, T* ut, int64_t width) {
-#pragma omp simd
-    for (int64_t c = 0; c < width; ++c) {
-      T total = 0;
-      for (int j = 0; j < N; ++j) total += h[j] * xt[j * width + c];
-      ut[c] = total;
-    }
   }
 
   // ∂x = h_pre ⊗ ∂u + φ ∂p − c·x for one token, with φᵀ row-major (M, K); four φᵀ rows per sweep over ∂x.
