@@ -37,6 +37,12 @@ def _acc(t: Tensor) -> Tensor:
     return reference._acc(t).contiguous()
 
 
+def _reference_case(num_iters: int, convention: str) -> bool:
+    """What the kernels leave to the reference: an unknown convention (the reference raises the error) and
+    the paper's t = 0, exp(L − max L) unnormalised, the one case whose gradient keeps max's term."""
+    return convention not in ("paper", "deepseek-v4") or (convention == "paper" and num_iters == 0)
+
+
 class _Sinkhorn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits_TNN: Tensor, num_iters: int, deepseek: bool, eps: float) -> Tensor:
@@ -54,8 +60,7 @@ class _Sinkhorn(torch.autograd.Function):
 
 def sinkhorn(logits_TNN: Tensor, num_iters: int, convention: str = "paper", eps: float = 1e-6) -> Tensor:
     """`kernels.reference.sinkhorn` as one fused C++ loop over tokens, forward and backward."""
-    if convention not in ("paper", "deepseek-v4") or (convention == "paper" and num_iters == 0):
-        # The reference raises on an unknown convention and owns the t = 0 special case (exp(L − max L)).
+    if _reference_case(num_iters, convention):
         return reference.sinkhorn(logits_TNN, num_iters, convention, eps)
     return _Sinkhorn.apply(_acc(logits_TNN), num_iters, convention == "deepseek-v4", eps)
 
@@ -141,7 +146,7 @@ def mhc_read(
     convention: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """`kernels.dispatch.compose_mhc_read`'s result (u, H_post, H_res) from one fused kernel each way."""
-    if convention not in ("paper", "deepseek-v4") or (convention == "paper" and num_iters == 0):
+    if _reference_case(num_iters, convention):
         return _COMPOSED_READ(x_TNC, phi_KM, alpha_3, bias_M, eps, pre_eps, num_iters, convention)
     x_acc = _acc(x_TNC)
     dtype = x_acc.dtype

@@ -7,6 +7,7 @@
 // (at::parallel_for, torch's own thread pool and thread count), and each token's n × n matrix and its
 // n rows of C live in L1: Sinkhorn forward and backward run in registers/stack, the backward recomputes the
 // iterations from the saved logits (as the Triton kernel and the reference's hand-written reverse pass do).
+// mHC's whole read side (coefficients, Sinkhorn, pre-mix) is also one kernel each way (`Read`).
 //
 // Layouts (all contiguous, float32 or float64; the Python wrappers promote and check):
 //   logits, H_res  (T, n, n)  H_res left-multiplies the streams: x'_i = Σ_j H[i, j] x_j + h_post[i] f
@@ -15,8 +16,9 @@
 //   h_pre, h_post  (T, n)
 // Equations and conventions: kernels/reference.py (the ground truth these must match).
 //
-// Only standard headers and the light ATen / torch::library headers are included, so the JIT build
-// (kernels/cpu_build.py) takes seconds, not the minute torch/extension.h costs.
+// Only standard headers and the light ATen / torch::library headers are included: the JIT build
+// (kernels/cpu_build.py, ≈ 1 minute on 2 cores) spends its time on the kernels' templates (n = 1..8 ×
+// float32 / float64), not on the ≈ 40 s that parsing torch/extension.h adds.
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -29,6 +31,7 @@
 #include <cmath>
 #include <cstdint>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 namespace {
