@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -222,7 +221,7 @@ def _environment(device: torch.device) -> dict[str, str]:
     import triton
 
     return {
-        "machine": platform.node() if device.type == "cuda" else machine(),
+        "machine": machine(),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else "none (cpu)",
         "torch": torch.__version__,
         "triton": triton.__version__,
